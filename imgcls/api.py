@@ -1,0 +1,224 @@
+"""The public surface: train, evaluate, load. The CLI is a thin layer over these."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from imgcls import config as config_lib
+from imgcls.config import Config, DataConfig
+from imgcls.data.datasets import DataBundle, DataError, Split, open_dataset
+from imgcls.data.loader import build_loader, prepare, resolve_channels
+from imgcls.engine.callbacks import CSVLogger, ProgressLogger, TensorBoardLogger
+from imgcls.engine.evaluate import predict_logits
+from imgcls.engine.state import STATE_FILE, WEIGHTS_FILE, CheckpointError, load_weights
+from imgcls.engine.train import fit, new_state
+from imgcls.inference.predict import Predictor
+from imgcls.metrics import classification_report
+from imgcls.models import Classifier, build_model, default_input_size
+from imgcls.report import markdown_summary, plot_confusion, plot_curves, print_table
+from imgcls.utils.env import autocast_dtype, seed_everything, select_device, set_threads
+from imgcls.utils.io import new_run_dir, write_json, write_text
+
+log = logging.getLogger("imgcls")
+SHORTHANDS = {"data": "data.name", "model": "model.name", "epochs": "train.epochs", "batch_size": "data.batch_size", "lr": "optim.lr", "out": "out"}
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    test: dict[str, Any] | None  # the test-split evaluation, where the data has a test split
+    history: list[dict[str, float]]
+    elapsed_s: float
+
+
+def make_config(config: str | Path | None = None, overrides: dict[str, Any] | None = None, **shorthands: Any) -> Config:
+    """Defaults < YAML file < dotted overrides < shorthands (data=, model=, epochs=, batch_size=, lr=, out=)."""
+    unknown = set(shorthands) - SHORTHANDS.keys()
+    if unknown:
+        raise config_lib.ConfigError(f"unknown argument(s) {', '.join(sorted(unknown))}; use overrides={{'section.key': value}}")
+    merged = dict(overrides or {})
+    merged |= {SHORTHANDS[k]: v for k, v in shorthands.items() if v is not None}
+    return config_lib.load(config, merged)
+
+
+def train(
+    cfg: Config | None = None, *, config: str | Path | None = None, resume: str | Path | None = None,
+    overrides: dict[str, Any] | None = None, callbacks: Sequence[Any] = (), **shorthands: Any,
+) -> TrainResult:  # fmt: skip
+    """Trains a model, saves the run folder and evaluates it on the test split.
+
+    Args:
+        cfg: a full Config; or build one from `config` (YAML), `overrides` and shorthands.
+        resume: a run folder to continue from its last checkpoint (its config.yaml is the base).
+        callbacks: extra callbacks (see imgcls.engine.callbacks) besides the progress and CSV loggers.
+
+    Example:
+        >>> result = imgcls.train(data="digits", model="tutorial-cnn", epochs=3)     # doctest: +SKIP
+        >>> result.test["accuracy"]                                                  # doctest: +SKIP
+    """
+    start = time.perf_counter()
+    if resume is not None:
+        run_dir = Path(resume)
+        if not (run_dir / STATE_FILE).is_file():
+            raise CheckpointError(f"cannot resume: {run_dir} has no {STATE_FILE}")
+        cfg = make_config(run_dir / "config.yaml", overrides, **shorthands).replace({"out": str(run_dir)})
+    elif cfg is None:
+        cfg = make_config(config, overrides, **shorthands)
+    device = _setup(cfg)
+    bundle, size, channels = _load_data(cfg.data, cfg.model.name)
+    model = _new_model(cfg, bundle, size, channels).to(device)
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+
+    run_dir = Path(cfg.out) if cfg.out else new_run_dir("runs", f"{_stem(cfg.data.name)}-{_stem(cfg.model.name)}")
+    cfg = cfg.replace({"out": str(run_dir)})
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_lib.save(cfg, run_dir / "config.yaml")
+    log.info("run folder %s: %s on %s (%d classes, %dx%dx%d, %d train / %s val images) on %s",
+             run_dir, cfg.model.name, cfg.data.name, len(bundle.classes), channels, size, size,
+             len(bundle.train), len(bundle.val) if bundle.val else 0, device)  # fmt: skip
+
+    loader_args = {"size": size, "channels": channels, "device": device, "flip": bundle.flip_ok, "seed": cfg.train.seed}
+    train_loader = build_loader(bundle.train, cfg.data, train=True, **loader_args)
+    val_loader = build_loader(bundle.val, cfg.data, train=False, **loader_args) if bundle.val else None
+    state = new_state(model, cfg, len(train_loader))
+    if resume is not None:
+        state.load(run_dir / STATE_FILE)
+        log.info("resumed %s after epoch %d of %d", run_dir, state.epoch, cfg.train.epochs)
+    loggers: list[Any] = [ProgressLogger(cfg.log.progress), CSVLogger(run_dir / "metrics.csv")]
+    if cfg.log.tensorboard:
+        loggers.append(TensorBoardLogger(run_dir / "tensorboard"))
+    state = fit(cfg, state, train_loader, val_loader, run_dir, [*loggers, *callbacks])
+    if state.history:
+        plot_curves(state.history, run_dir / "curves.png")
+
+    test = None
+    if bundle.test is not None:
+        load_weights(model, run_dir / WEIGHTS_FILE)  # evaluate the best checkpoint, as `imgcls eval` would
+        test_loader = build_loader(bundle.test, cfg.data, train=False, **loader_args)
+        test = _evaluate_and_write(model, test_loader, bundle.classes, run_dir, "test", cfg)
+    elapsed = time.perf_counter() - start
+    log.info("done in %.1fs: %s", elapsed, run_dir)
+    return TrainResult(run_dir, test, state.history, elapsed)
+
+
+def evaluate(run_dir: str | Path, data: str | None = None, split: str = "test", *, batch_size: int | None = None,
+             device: str = "auto", show: bool = True) -> dict[str, Any]:  # fmt: skip
+    """Evaluates a run's best model on a split of `data` (default: the data it was trained on).
+
+    Writes eval.json (test split) or eval-<split>.json, and the confusion-matrix PNG, into the run folder.
+
+    Example:
+        >>> imgcls.evaluate("runs/my-run", split="test")["accuracy"]                # doctest: +SKIP
+    """
+    run_dir = Path(run_dir)
+    predictor = Predictor.from_run(run_dir, device=device)
+    cfg = _run_config(run_dir)
+    data_cfg = replace(cfg.data, name=data or cfg.data.name, cache="auto" if cfg.data.cache == "off" else cfg.data.cache)
+    if batch_size:
+        data_cfg = replace(data_cfg, eval_batch_size=batch_size)
+    meta = predictor.meta
+    bundle = _align_classes(open_dataset(data_cfg), meta.classes)
+    bundle = prepare(bundle, data_cfg, meta.input_size, meta.in_chans)
+    loader = build_loader(bundle.split(split), data_cfg, size=meta.input_size, channels=meta.in_chans, device=predictor.device, train=False)
+    result = _evaluate_and_write(predictor.model, loader, meta.classes, run_dir, split, cfg)
+    if show:
+        print_table(result, f"{run_dir.name}: {split} split of {data_cfg.name}")
+    return result
+
+
+def load(run_dir: str | Path, device: str = "auto") -> Predictor:
+    """The trained model of a run folder, ready to predict on paths, PIL images or tensors.
+
+    Example:
+        >>> imgcls.load("runs/my-run").predict(["cat.jpg"])[0]["label"]              # doctest: +SKIP
+    """
+    return Predictor.from_run(run_dir, device=device)
+
+
+def _setup(cfg: Config) -> torch.device:
+    set_threads(cfg.train.threads)
+    seed_everything(cfg.train.seed)
+    device = select_device(cfg.train.device)
+    autocast_dtype(device, cfg.train.amp)  # fail now, not after loading data, on an impossible amp setting
+    return device
+
+
+def _load_data(cfg: DataConfig, model_name: str) -> tuple[DataBundle, int, int]:
+    bundle = open_dataset(cfg)
+    channels = resolve_channels(bundle, cfg)
+    size = cfg.image_size or bundle.image_size or default_input_size(model_name)
+    return prepare(bundle, cfg, size, channels), size, channels
+
+
+def _new_model(cfg: Config, bundle: DataBundle, size: int, channels: int) -> Classifier:
+    model = build_model(cfg.model.name, num_classes=len(bundle.classes), in_chans=channels, input_size=size,
+                        pretrained=cfg.model.pretrained, drop_rate=cfg.model.drop_rate)  # fmt: skip
+    model.meta.classes = list(bundle.classes)
+    if not cfg.model.pretrained and bundle.train.images is not None:
+        model.set_normalization(*_channel_stats(bundle.train.images))
+    return model
+
+
+def _channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean/std of uint8 images, in chunks so a large dataset is never copied to float whole."""
+    c = images.shape[1]
+    total, total_sq, count = torch.zeros(c, dtype=torch.float64), torch.zeros(c, dtype=torch.float64), 0
+    for chunk in images.split(4096):
+        x = chunk.to(torch.float64).div_(255).transpose(0, 1).reshape(c, -1)
+        total += x.sum(1)
+        total_sq += (x * x).sum(1)
+        count += x.shape[1]
+    mean = total / max(count, 1)
+    std = (total_sq / max(count, 1) - mean**2).clamp_min(1e-12).sqrt()
+    return tuple(round(v, 5) for v in mean.tolist()), tuple(round(max(v, 1e-3), 5) for v in std.tolist())
+
+
+def _evaluate_and_write(model: Classifier, loader, classes: list[str], run_dir: Path, split: str, cfg: Config) -> dict[str, Any]:
+    device = next(model.parameters()).device
+    logits, labels = predict_logits(model, loader, amp_dtype=autocast_dtype(device, cfg.train.amp), channels_last=cfg.train.channels_last)
+    if not len(labels):
+        raise DataError(f"the {split} split has no usable images")
+    result = classification_report(logits, labels, classes)
+    result = {"split": split, "data": cfg.data.name, "model": model.meta.name, **result}
+    write_json(run_dir / ("eval.json" if split == "test" else f"eval-{split}.json"), result)
+    suffix = "" if split == "test" else f"-{split}"
+    plot_confusion(result["confusion_matrix"], classes, run_dir / f"confusion_matrix{suffix}.png", f"{split} split: confusion (row-normalized)")
+    write_text(run_dir / f"report{suffix}.md", markdown_summary(result, f"{model.meta.name} on {cfg.data.name} ({split} split)"))
+    log.info("%s accuracy %.4f (%d images)%s", split, result["accuracy"], result["num_samples"],
+             f", top-5 {result['top5_accuracy']:.4f}" if "top5_accuracy" in result else "")  # fmt: skip
+    return result
+
+
+def _align_classes(bundle: DataBundle, classes: list[str]) -> DataBundle:
+    """Re-indexes a dataset's labels to a trained model's classes, by name."""
+    if bundle.classes == classes:
+        return bundle
+    index = {c: i for i, c in enumerate(classes)}
+
+    def remap(split: Split | None) -> Split | None:
+        if split is None:
+            return None
+        names = [bundle.classes[i] for i in split.labels.tolist()]
+        unknown = sorted(set(names) - index.keys())
+        if unknown:
+            raise DataError(f"the data has classes the model was not trained on: {', '.join(unknown[:10])}")
+        return Split(torch.tensor([index[n] for n in names], dtype=torch.long), split.images, split.paths)
+
+    return replace(bundle, classes=list(classes), train=remap(bundle.train), val=remap(bundle.val), test=remap(bundle.test))
+
+
+def _run_config(run_dir: Path) -> Config:
+    path = run_dir / "config.yaml"
+    return config_lib.load(path) if path.is_file() else Config()
+
+
+def _stem(name: str) -> str:
+    return Path(name.rstrip("/")).stem.replace("/", "-") or "data"

@@ -1,0 +1,170 @@
+"""`imgcls` command line: parses arguments into a Config or a call, then hands over to imgcls.api."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from imgcls import __version__
+from imgcls.config import ConfigError, parse_overrides
+from imgcls.registry import RegistryError
+
+log = logging.getLogger("imgcls")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="imgcls", description="Train, evaluate and use image classifiers.")
+    parser.add_argument("--version", action="version", version=f"imgcls {__version__}")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors on stderr")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    t = sub.add_parser("train", help="train (and test) a model; with no flags: the default model on Fashion-MNIST",
+                       description="Train a model, keep best/last checkpoints in a run folder, evaluate it on the test split.")  # fmt: skip
+    t.add_argument("--data", help="built-in name (fashion-mnist, mnist, cifar10, cifar100, digits), a folder, or a CSV manifest")
+    t.add_argument("--model", help="model name (see `imgcls models`), e.g. smallnet, resnet18, timm/convnext_nano")
+    t.add_argument("--epochs", type=int)
+    t.add_argument("--batch-size", type=int)
+    t.add_argument("--lr", type=float, help="peak learning rate")
+    t.add_argument("--out", help="run folder (default: runs/<data>-<model>-<time>)")
+    t.add_argument("--config", help="a YAML file of config sections (see configs/)")
+    t.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="config overrides, e.g. optim.name=adamw train.amp=off")
+    t.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
+    t.add_argument("--strict", action="store_true", help="unreadable images are an error, not a counted skip")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("eval", help="evaluate a run's model on a data split", description="Evaluate a run's best model; writes eval.json and a confusion matrix into the run folder.")
+    e.add_argument("run_dir", metavar="RUN_DIR")
+    e.add_argument("--data", help="data to evaluate on (default: the data the run was trained on)")
+    e.add_argument("--split", choices=["test", "val"], default="test")
+    e.add_argument("--batch-size", type=int)
+    e.add_argument("--device", default="auto")
+    e.add_argument("--json", action="store_true", help="print the metrics as one JSON object on stdout")
+    e.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("predict", help="classify image files or folders", description="Print the top-k classes of each image.")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders (searched recursively)")
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", action="store_true", help="one JSON object per line on stdout")
+    p.set_defaults(func=cmd_predict)
+
+    m = sub.add_parser("models", help="list registered model names", description="List model names; timm models are used as timm/<name>.")
+    m.add_argument("pattern", nargs="?", default="*", help="wildcard filter, e.g. 'resnet*' or 'timm/*convnext*'")
+    m.set_defaults(func=cmd_models)
+    return parser
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from imgcls import api
+
+    overrides = parse_overrides(args.set)
+    if args.strict:
+        overrides["data.strict"] = True
+    shorthands = {"data": args.data, "model": args.model, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "out": args.out}
+    if args.resume and (args.config or args.out):
+        raise ConfigError("--resume continues a run with its own config.yaml and folder; drop --config/--out")
+    result = api.train(config=args.config, resume=args.resume, overrides=overrides, **shorthands)
+    if result.test:
+        print(f"test accuracy {result.test['accuracy']:.4f}  run folder: {result.run_dir}")
+    else:
+        print(f"run folder: {result.run_dir}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from imgcls import api
+
+    result = api.evaluate(args.run_dir, args.data, args.split, batch_size=args.batch_size, device=args.device, show=not args.json)
+    if args.json:
+        print(json.dumps(result))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from imgcls import api
+    from imgcls.inference.predict import expand_paths
+
+    predictor = api.load(args.run_dir, device=args.device)
+    files, missing = expand_paths(args.paths)
+    predictions, skipped = predictor.predict_files(files, top_k=args.top_k)
+    skipped = missing + skipped
+    for pred in predictions:
+        if args.json:
+            print(json.dumps(pred))
+        else:
+            top = "  ".join(f"{t['label']} {t['probability']:.3f}" for t in pred["top_k"])
+            print(f"{pred['path']}: {top}")
+    if skipped:
+        log.warning("skipped %d path(s):\n%s", len(skipped), "\n".join(f"  {p}: {why}" for p, why in skipped))
+    return 0 if predictions else 1
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from imgcls.models import MODELS
+
+    names = MODELS.list(args.pattern)
+    if args.pattern.startswith("timm/"):
+        import timm
+
+        names = [f"timm/{n}" for n in timm.list_models(args.pattern[len("timm/") :])]
+    print("\n".join(names) if names else f"no model matches {args.pattern!r}")
+    return 0 if names else 1
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Errors that mean 'the input was wrong': shown as one line, never as a traceback."""
+    from imgcls.data.datasets import DataError
+    from imgcls.data.decode import ImageDecodeError
+    from imgcls.engine.state import CheckpointError
+    from imgcls.models import ModelError
+    from imgcls.utils.env import DeviceError
+
+    return (ConfigError, RegistryError, DataError, ImageDecodeError, CheckpointError, ModelError, DeviceError)
+
+
+def setup_logging(quiet: bool) -> None:
+    """Rich output on a terminal; plain lines (no wrapping, no colour codes) in logs and CI."""
+    if sys.stderr.isatty():
+        from rich.logging import RichHandler
+
+        handler: logging.Handler = RichHandler(show_time=False, show_path=False, markup=False)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(_PlainFormatter())
+    log.handlers[:] = [handler]
+    log.setLevel(logging.WARNING if quiet else logging.INFO)
+    log.propagate = False
+
+
+class _PlainFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        msg = record.getMessage()
+        return msg if record.levelno == logging.INFO else f"{record.levelname.lower()}: {msg}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.quiet)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        hint = f"; continue with: imgcls train --resume {args.out}" if getattr(args, "out", None) else ""
+        print(f"interrupted{hint}", file=sys.stderr)
+        return 130
+    except (ConfigError, RegistryError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:
+        if isinstance(e, _user_errors()):
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

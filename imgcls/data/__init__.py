@@ -1,0 +1,1 @@
+"""Data: built-in datasets, folders and CSV manifests, decoded robustly into uniform batches."""

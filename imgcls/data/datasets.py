@@ -1,0 +1,209 @@
+"""Datasets by name: built-ins (torchvision, scikit-learn), class folders and CSV manifests.
+
+Every source becomes a `DataBundle` of train/val/test `Split`s sharing one class list. A split holds
+either decoded uint8 images (N, C, H, W) or file paths to decode later; labels always index `classes`,
+which come from the training split and never shift.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import os
+import shutil
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from imgcls.config import DataConfig
+from imgcls.registry import Registry, RegistryError
+
+log = logging.getLogger("imgcls")
+DATASETS = Registry("dataset")
+SYSTEM_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+
+
+class DataError(ValueError):
+    """The data cannot be used as given; the message says why and what to do."""
+
+
+@dataclass
+class Split:
+    """One split: labels plus either uint8 `images` (N, C, H, W) or `paths` to decode."""
+
+    labels: torch.Tensor
+    images: torch.Tensor | None = None
+    paths: list[Path] | None = None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, index: torch.Tensor | np.ndarray) -> Split:
+        index = torch.as_tensor(index, dtype=torch.long)
+        images = self.images[index] if self.images is not None else None
+        paths = [self.paths[i] for i in index.tolist()] if self.paths is not None else None
+        return Split(self.labels[index], images, paths)
+
+
+@dataclass
+class DataBundle:
+    name: str
+    classes: list[str]
+    train: Split
+    val: Split | None = None
+    test: Split | None = None
+    channels: int | None = None  # known for in-memory data; None: decide from the files
+    image_size: int | None = None  # native square size, where the source has one
+    flip_ok: bool = True  # horizontal flips keep the label (not for digits)
+    single_tree: bool = False  # one class-folder tree or CSV without splits: test is carved too
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (file or row, reason)
+
+    def split(self, name: str) -> Split:
+        split = {"train": self.train, "val": self.val, "test": self.test}.get(name)
+        if split is None:
+            raise DataError(f"dataset {self.name!r} has no {name!r} split")
+        return split
+
+
+def open_dataset(cfg: DataConfig) -> DataBundle:
+    """Resolves `cfg.name` (built-in name, folder or CSV) and carves val/test splits as configured.
+
+    Example:
+        >>> bundle = open_dataset(DataConfig(name="digits"))
+        >>> len(bundle.classes)
+        10
+    """
+    name = cfg.name
+    if name in DATASETS:
+        bundle = DATASETS.build(name)
+    else:
+        from imgcls.data import folder
+
+        path = Path(name).expanduser()
+        if path.is_dir():
+            bundle = folder.from_folder(path, cfg)
+        elif path.is_file() and path.suffix.lower() == ".csv":
+            bundle = folder.from_csv(path, cfg)
+        elif path.exists():
+            raise DataError(f"{name}: expected a folder of class folders or a .csv manifest")
+        else:
+            try:
+                DATASETS.get(name)
+            except RegistryError as e:
+                raise DataError(f"data {name!r} is neither an existing folder/CSV nor a built-in: {e}") from None
+    return carve_splits(bundle, cfg)
+
+
+def carve_splits(bundle: DataBundle, cfg: DataConfig) -> DataBundle:
+    """Adds a stratified, seeded val split (and test, for single trees) where the source has none."""
+    val_fraction = cfg.val_split
+    if bundle.test is None and cfg.test_split > 0 and bundle.single_tree:
+        keep, take = stratified_split(bundle.train.labels, cfg.test_split, seed=1)
+        bundle = replace(bundle, train=bundle.train.subset(keep), test=bundle.train.subset(take))
+        val_fraction = cfg.val_split / (1 - cfg.test_split)  # both fractions are of the whole tree
+    if bundle.val is None and cfg.val_split > 0:
+        keep, take = stratified_split(bundle.train.labels, val_fraction, seed=0)
+        bundle = replace(bundle, train=bundle.train.subset(keep), val=bundle.train.subset(take))
+    if len(bundle.train) == 0:
+        raise DataError(f"dataset {bundle.name!r} has no training images")
+    return bundle
+
+
+def stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Takes `fraction` of each class (rounded, at least 1 where a class has 2+) into the second index."""
+    rng = np.random.default_rng(seed)
+    labels_np = labels.numpy()
+    keep, take = [], []
+    for cls in np.unique(labels_np):
+        idx = np.flatnonzero(labels_np == cls)
+        rng.shuffle(idx)
+        n_take = int(round(len(idx) * fraction))
+        if len(idx) >= 2:
+            n_take = min(max(n_take, 1), len(idx) - 1)
+        else:
+            n_take = 0
+        take.append(idx[:n_take])
+        keep.append(idx[n_take:])
+    return np.sort(np.concatenate(keep)), np.sort(np.concatenate(take))
+
+
+def data_root() -> Path:
+    """Where built-in datasets are cached: $IMGCLS_DATA, else ~/.cache/imgcls."""
+    return Path(os.environ.get("IMGCLS_DATA") or Path.home() / ".cache" / "imgcls").expanduser()
+
+
+def _torchvision_bundle(name: str, cls_name: str, flip_ok: bool = True) -> DataBundle:
+    import torchvision
+
+    dataset_cls = getattr(torchvision.datasets, cls_name)
+    root = data_root()
+    try:
+        train, test = (dataset_cls(str(root), train=t, download=True) for t in (True, False))
+    except (OSError, RuntimeError) as e:
+        raise DataError(
+            f"could not load {name}: {e.__class__.__name__}: {str(e).splitlines()[0]}. "
+            f"It downloads into {root} (set $IMGCLS_DATA to change); connect to the internet once, "
+            f"or copy the files of torchvision.datasets.{cls_name} there."
+        ) from None
+
+    def to_split(ds) -> Split:
+        images = torch.as_tensor(np.asarray(ds.data))
+        images = images.unsqueeze(1) if images.ndim == 3 else images.permute(0, 3, 1, 2)
+        return Split(torch.as_tensor(np.asarray(ds.targets), dtype=torch.long), images.contiguous())
+
+    tr = to_split(train)
+    return DataBundle(
+        name, list(train.classes), tr, test=to_split(test),
+        channels=tr.images.shape[1], image_size=tr.images.shape[-1], flip_ok=flip_ok,
+    )  # fmt: skip
+
+
+@DATASETS.register("fashion-mnist")
+def fashion_mnist() -> DataBundle:
+    _stage_system_fashion_mnist()
+    return _torchvision_bundle("fashion-mnist", "FashionMNIST")
+
+
+@DATASETS.register("mnist")
+def mnist() -> DataBundle:
+    return _torchvision_bundle("mnist", "MNIST", flip_ok=False)
+
+
+@DATASETS.register("cifar10")
+def cifar10() -> DataBundle:
+    return _torchvision_bundle("cifar10", "CIFAR10")
+
+
+@DATASETS.register("cifar100")
+def cifar100() -> DataBundle:
+    return _torchvision_bundle("cifar100", "CIFAR100")
+
+
+@DATASETS.register("digits")
+def digits() -> DataBundle:
+    """scikit-learn's 8x8 digits (1,797 images, shipped with the package): a stratified 80/20 test split."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    images = torch.as_tensor(np.round(d.images * (255 / 16)).astype(np.uint8)).unsqueeze(1)
+    labels = torch.as_tensor(d.target, dtype=torch.long)
+    full = Split(labels, images)
+    keep, take = stratified_split(labels, 0.2, seed=2)
+    classes = [str(c) for c in d.target_names]
+    return DataBundle("digits", classes, full.subset(keep), test=full.subset(take), channels=1, image_size=8, flip_ok=False)
+
+
+def _stage_system_fashion_mnist() -> None:
+    """Unpacks the Debian package's IDX files into the cache where torchvision looks for them."""
+    raw = data_root() / "FashionMNIST" / "raw"
+    names = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
+    if all((raw / n).exists() for n in names) or not all((SYSTEM_FASHION_MNIST / f"{n}.gz").exists() for n in names):
+        return
+    raw.mkdir(parents=True, exist_ok=True)
+    for n in names:
+        tmp = raw / f".{n}.tmp"
+        with gzip.open(SYSTEM_FASHION_MNIST / f"{n}.gz", "rb") as src, open(tmp, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+        os.replace(tmp, raw / n)

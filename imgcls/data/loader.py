@@ -1,0 +1,194 @@
+"""Turns a DataBundle into batch iterators: in RAM when it fits (fast path), else streamed from disk.
+
+Both paths yield the same kind of batch: float32 images in [0, 1] of shape (N, C, S, S) on the
+training device, and int64 labels.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from imgcls.config import DataConfig
+from imgcls.data.datasets import DataBundle, DataError, Split
+from imgcls.data.decode import ImageDecodeError, open_image
+from imgcls.data.memory import BatchAugment, MemoryLoader, decode_files
+from imgcls.data.transforms import to_float, to_square, train_augment
+
+log = logging.getLogger("imgcls")
+GRAY_MODES = {"1", "L", "LA", "La", "I", "F", "I;16", "I;16B", "I;16L", "I;16N"}
+RAM_FRACTION = 0.25  # cache a dataset in RAM when it takes at most this share of physical memory
+
+
+def resolve_channels(bundle: DataBundle, cfg: DataConfig) -> int:
+    """cfg.data.channels, else the data's own: 1 when every training image is grayscale, else 3."""
+    if cfg.channels:
+        return cfg.channels
+    if bundle.channels:
+        return bundle.channels
+    paths = bundle.train.paths or []
+
+    def mode(p: Path) -> str | None:
+        try:
+            with Image.open(p) as im:
+                return im.mode
+        except Exception:  # unreadable files are reported when decoded
+            return None
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        modes = {m for m in pool.map(mode, paths) if m is not None}
+    return 1 if modes and modes <= GRAY_MODES else 3
+
+
+def use_ram(bundle: DataBundle, cfg: DataConfig, size: int, channels: int) -> bool:
+    if cfg.cache != "auto":
+        return cfg.cache == "ram"
+    n = sum(len(s) for s in (bundle.train, bundle.val, bundle.test) if s is not None)
+    return n * channels * size * size <= RAM_FRACTION * _physical_memory()
+
+
+def prepare(bundle: DataBundle, cfg: DataConfig, size: int, channels: int) -> DataBundle:
+    """Decodes file splits into RAM (when they fit) and brings tensor splits to (channels, size).
+
+    Unreadable files are skipped with one warning naming each (an error with `data.strict`).
+    """
+    in_ram = use_ram(bundle, cfg, size, channels)
+    skipped = list(bundle.skipped)
+    splits = {}
+    for name in ("train", "val", "test"):
+        split = getattr(bundle, name)
+        if split is not None and split.images is None and in_ram:
+            images, ok, failed = decode_files(split.paths or [], size, channels)
+            skipped += failed
+            split = Split(split.labels[ok], images, [split.paths[i] for i in ok.tolist()])
+        elif split is not None and split.images is not None:
+            split = Split(split.labels, _adapt(split.images, size, channels), split.paths)
+        splits[name] = split
+    report_skipped(skipped, cfg.strict)
+    return replace(bundle, skipped=skipped, channels=channels, **splits)
+
+
+def report_skipped(skipped: list[tuple[str, str]], strict: bool) -> None:
+    if not skipped:
+        return
+    lines = "\n".join(f"  {where}: {why}" for where, why in skipped)
+    if strict:
+        raise DataError(f"{len(skipped)} unusable file(s)/row(s) (data.strict is on):\n{lines}")
+    log.warning("skipped %d unusable file(s)/row(s):\n%s", len(skipped), lines)
+
+
+def build_loader(
+    split: Split,
+    cfg: DataConfig,
+    *,
+    size: int,
+    channels: int,
+    device: torch.device,
+    train: bool,
+    flip: bool = True,
+    seed: int = 0,
+) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+    """A MemoryLoader for in-RAM splits (unless data.cache=off), else a streaming DataLoader."""
+    batch = cfg.batch_size if train else cfg.eval_batch_size
+    aug_mode = cfg.augment if cfg.augment != "auto" else ("crop-flip" if flip else "crop")
+    use_flip = aug_mode == "crop-flip"
+    if split.images is not None and cfg.cache != "off":
+        augment = BatchAugment(size, use_flip) if train and aug_mode != "none" else None
+        return MemoryLoader(split.images, split.labels, batch, device=device, shuffle=train, augment=augment, drop_last=train, seed=seed)
+    transform = train_augment(size, use_flip) if train and aug_mode != "none" else None
+    dataset = StreamDataset(split, size, channels, transform)
+    return StreamLoader(dataset, batch, device=device, shuffle=train, drop_last=train, seed=seed, workers=_workers(cfg, split))
+
+
+class StreamDataset(torch.utils.data.Dataset):
+    """Per-sample decoding (files) or indexing (tensors), then torchvision v2 augmentation."""
+
+    def __init__(self, split: Split, size: int, channels: int, transform=None) -> None:
+        self.split, self.size, self.channels, self.transform = split, size, channels, transform
+        self.square = to_square(size)
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int] | None:
+        if self.split.images is not None:
+            image = _adapt(self.split.images[i : i + 1], self.size, self.channels)[0]
+        else:
+            try:
+                image = self.square(open_image(self.split.paths[i], self.channels))
+            except ImageDecodeError as e:
+                log.warning("skipped unreadable image %s", e)
+                return None
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, int(self.split.labels[i])
+
+
+class StreamLoader:
+    """A DataLoader whose shuffle order and worker seeds depend only on (seed, epoch)."""
+
+    def __init__(self, dataset, batch_size, *, device, shuffle, drop_last, seed, workers) -> None:
+        self.device, self.seed, self.epoch = device, seed, 0
+        self.generator = torch.Generator()
+        self.loader = torch.utils.data.DataLoader(
+            dataset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last and len(dataset) > batch_size,
+            num_workers=workers, collate_fn=_collate_present, generator=self.generator,
+            pin_memory=device.type == "cuda", persistent_workers=False,
+        )  # fmt: skip
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        self.generator.manual_seed(self.seed * 1_000_003 + self.epoch)
+        for images, labels in self.loader:
+            if len(labels):
+                yield to_float(images.to(self.device, non_blocking=True)), labels.to(self.device, non_blocking=True)
+
+
+def _collate_present(items: list) -> tuple[torch.Tensor, torch.Tensor]:
+    items = [it for it in items if it is not None]
+    if not items:
+        return torch.zeros(0, dtype=torch.uint8), torch.zeros(0, dtype=torch.long)
+    return torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items], dtype=torch.long)
+
+
+def _adapt(images: torch.Tensor, size: int, channels: int) -> torch.Tensor:
+    """Resizes/re-channels uint8 tensor images (built-ins asked for another size or channel count)."""
+    if images.shape[1] != channels:
+        if channels == 3:
+            images = images.expand(-1, 3, -1, -1)
+        else:  # ITU-R 601 luma, as PIL's convert("L")
+            w = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+            images = (images.float() * w).sum(1, keepdim=True).round().clamp(0, 255).to(torch.uint8)
+    if images.shape[-1] != size or images.shape[-2] != size:
+        images = F.interpolate(images.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        images = images.round().clamp(0, 255).to(torch.uint8)
+    return images.contiguous()
+
+
+def _workers(cfg: DataConfig, split: Split) -> int:
+    if cfg.workers is not None:
+        return cfg.workers
+    if split.images is not None:
+        return 0  # indexing a tensor: worker processes only add overhead
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return min(8, max(1, cores // 2))
+
+
+def _physical_memory() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 8 << 30

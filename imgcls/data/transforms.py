@@ -1,0 +1,33 @@
+"""Preprocessing shared by training, evaluation and prediction (torchvision transforms v2).
+
+Images are resized (shorter side) and center-cropped to a square uint8 tensor once; normalization
+lives inside the model, so every consumer of a checkpoint preprocesses identically.
+"""
+
+from __future__ import annotations
+
+import torch
+from torchvision.transforms import v2
+
+
+def crop_padding(size: int) -> int:
+    """Random-crop padding: ~1/14 of the side (2 px at 28-32 px, 16 px at 224 px)."""
+    return max(1, round(size / 14))
+
+
+def to_square(size: int) -> v2.Compose:
+    """PIL image -> uint8 tensor (C, size, size): shorter side to `size`, then a center crop."""
+    return v2.Compose([v2.PILToTensor(), v2.Resize(size, antialias=True), v2.CenterCrop(size)])
+
+
+def train_augment(size: int, flip: bool) -> v2.Compose:
+    """Per-sample augmentation for the streaming path; `memory.BatchAugment` is its batched twin."""
+    steps: list = [v2.RandomCrop(size, padding=crop_padding(size), padding_mode="reflect")]
+    if flip:
+        steps.append(v2.RandomHorizontalFlip())
+    return v2.Compose(steps)
+
+
+def to_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [0, 255] -> float32 [0, 1]."""
+    return images.float().div_(255.0)

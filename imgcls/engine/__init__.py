@@ -1,0 +1,1 @@
+"""Training and evaluation: the loop, its optimizer/schedule, state and callbacks."""

@@ -1,0 +1,116 @@
+"""Callbacks observe training through six events, dispatched by method name (Fabric style).
+
+A callback is any object with some of: on_fit_start, on_epoch_start, on_step_end, on_eval_end,
+on_checkpoint, on_fit_end. Each receives only the keyword arguments its signature names. Callbacks may
+set `state.should_stop`; they never change control flow any other way.
+"""
+
+from __future__ import annotations
+
+import csv
+import inspect
+import logging
+import sys
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("imgcls")
+EVENTS = ("on_fit_start", "on_epoch_start", "on_step_end", "on_eval_end", "on_checkpoint", "on_fit_end")
+
+
+def call(callbacks: Iterable[Any], event: str, **kwargs: Any) -> None:
+    """Calls `event` on every callback that has it, passing the kwargs its signature accepts."""
+    assert event in EVENTS, event
+    for cb in callbacks:
+        method = getattr(cb, event, None)
+        if method is None:
+            continue
+        params = inspect.signature(method).parameters
+        if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            method(**kwargs)
+        else:
+            method(**{k: v for k, v in kwargs.items() if k in params})
+
+
+class CSVLogger:
+    """metrics.csv: one row per epoch, rewritten whole each epoch (it survives resume)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def on_eval_end(self, state) -> None:
+        rows = state.history
+        fields = list(dict.fromkeys(k for row in rows for k in row))
+        with open(self.path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(rows)
+
+
+class TensorBoardLogger:
+    """TensorBoard event files in RUN_DIR/tensorboard (needs the `tensorboard` package)."""
+
+    def __init__(self, log_dir: str | Path) -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise RuntimeError("log.tensorboard=true needs TensorBoard: pip install 'imgcls[tensorboard]'") from None
+        self.writer = SummaryWriter(str(log_dir))
+
+    def on_eval_end(self, state, metrics: dict[str, float]) -> None:
+        for key, value in metrics.items():
+            if key != "epoch":
+                self.writer.add_scalar(key, value, global_step=int(metrics["epoch"]))
+        self.writer.flush()
+
+    def on_fit_end(self) -> None:
+        self.writer.close()
+
+
+class ProgressLogger:
+    """A live progress bar (loss, accuracy, images/s) on a terminal; one line per epoch everywhere."""
+
+    def __init__(self, enabled: bool = True, refresh_s: float = 0.5) -> None:
+        self.live = enabled and sys.stderr.isatty()
+        self.refresh_s = refresh_s
+        self.progress = None
+
+    def on_fit_start(self, epochs: int) -> None:
+        self.epochs = epochs
+        if self.live:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.progress = Progress(
+                TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("{task.fields[stats]}"), TimeRemainingColumn(), transient=True,
+            )  # fmt: skip
+            self.progress.start()
+
+    def on_epoch_start(self, epoch: int, num_steps: int) -> None:
+        self.start = self.last = time.perf_counter()
+        if self.progress:
+            self.task = self.progress.add_task("", total=num_steps, epoch=f"{epoch + 1}/{self.epochs}", stats="")
+
+    def on_step_end(self, loss_sum, correct, seen: int) -> None:
+        if not self.progress:
+            return
+        now = time.perf_counter()
+        stats = None
+        if now - self.last >= self.refresh_s:  # reading the running sums syncs the device: only twice a second
+            self.last = now
+            stats = f"loss {float(loss_sum) / seen:.4f}  acc {float(correct) / seen:.4f}  {seen / (now - self.start):,.0f} img/s"
+        self.progress.update(self.task, advance=1, **({"stats": stats} if stats else {}))
+
+    def on_eval_end(self, metrics: dict[str, float]) -> None:
+        if self.progress:
+            self.progress.remove_task(self.task)
+        parts = [f"epoch {int(metrics['epoch'])}/{self.epochs}"]
+        parts += [f"{k} {v:.4f}" for k, v in metrics.items() if k.endswith(("loss", "acc"))]
+        parts += [f"{metrics['train_img_s']:,.0f} img/s", f"{metrics['time_s']:.1f}s"]
+        log.info("  ".join(parts))
+
+    def on_fit_end(self) -> None:
+        if self.progress:
+            self.progress.stop()

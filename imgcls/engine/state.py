@@ -1,0 +1,138 @@
+"""Checkpoints: the full training state for --resume, and the weights + metadata for everything else.
+
+Nothing is ever pickled as code: the training state is a dict of tensors and plain values saved
+with torch.save and read with `weights_only=True`; model weights are safetensors. Every write goes to
+a temporary file and is renamed into place, so a crash never leaves a half-written checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from imgcls.models import Classifier, ModelMeta
+from imgcls.utils.env import git_sha, versions
+from imgcls.utils.io import atomic_write, write_json
+
+STATE_FILE = "state.pt"
+WEIGHTS_FILE = "model.safetensors"
+META_FILE = "model.json"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, corrupt, or does not fit the model; the message says which."""
+
+
+@dataclass
+class TrainState:
+    """Everything a training run needs to continue exactly where it stopped."""
+
+    model: Classifier
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    epoch: int = 0  # epochs completed
+    step: int = 0  # optimizer steps taken
+    best_metric: float = -math.inf
+    best_epoch: int = 0
+    should_stop: bool = False  # callbacks may set it
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    def state_dict(self, config: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "epoch": self.epoch,
+            "step": self.step,
+            "best_metric": self.best_metric,
+            "best_epoch": self.best_epoch,
+            "history": self.history,
+            "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+            "meta": self.model.meta.to_dict(),
+            "config": config,
+            "provenance": {"git": git_sha(), **versions()},
+        }
+
+    def save(self, path: str | Path, config: dict[str, Any]) -> None:
+        state = self.state_dict(config)
+        atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+    def load(self, path: str | Path) -> None:
+        """Restores every part in place from a file written by `save`."""
+        ckpt = read_state(path)
+        try:
+            self.model.load_state_dict(ckpt["model"])
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+            self.scheduler.load_state_dict(ckpt["scheduler"])
+            self.scaler.load_state_dict(ckpt["scaler"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise CheckpointError(f"{path} does not fit this model/optimizer: {(str(e).splitlines() or [''])[0]}") from None
+        self.epoch, self.step = int(ckpt["epoch"]), int(ckpt["step"])
+        self.best_metric, self.best_epoch = float(ckpt["best_metric"]), int(ckpt["best_epoch"])
+        self.history = list(ckpt.get("history", []))
+        torch.set_rng_state(ckpt["rng"]["torch"])
+        if ckpt["rng"]["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+
+
+def read_state(path: str | Path) -> dict[str, Any]:
+    """Reads a training-state file without executing any pickled code."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no training state at {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle/zip errors come in many types; all mean "not a usable checkpoint"
+        detail = (str(e).strip().splitlines() or [""])[0][:200]
+        raise CheckpointError(f"{path} is not a readable imgcls checkpoint ({type(e).__name__}: {detail})") from None
+    if not isinstance(ckpt, dict) or not {"model", "optimizer", "epoch", "meta"} <= ckpt.keys():
+        raise CheckpointError(f"{path} is not an imgcls training state")
+    return ckpt
+
+
+def save_weights(model: Classifier, run_dir: str | Path, extra: dict[str, Any] | None = None) -> None:
+    """model.safetensors + model.json: enough to rebuild and use the model with no training config."""
+    run_dir = Path(run_dir)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    atomic_write(run_dir / WEIGHTS_FILE, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+    write_json(run_dir / META_FILE, {**model.meta.to_dict(), **(extra or {})})
+
+
+def read_meta(run_dir: str | Path) -> ModelMeta:
+    path = Path(run_dir) / META_FILE
+    try:
+        return ModelMeta.from_dict(json.loads(path.read_text()))
+    except FileNotFoundError:
+        raise CheckpointError(f"{run_dir} is not an imgcls run folder (no {META_FILE})") from None
+    except (json.JSONDecodeError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path} is corrupt: {e}") from None
+
+
+def load_weights(model: Classifier, path: str | Path) -> None:
+    """Loads safetensors weights into `model`; a mismatch names the first differing tensors."""
+    try:
+        tensors = load_file(str(path))
+    except FileNotFoundError:
+        raise CheckpointError(f"no weights at {path}") from None
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path} is not a readable safetensors file: {e}") from None
+    own = model.state_dict()
+    missing = [k for k in own if k not in tensors]
+    unexpected = [k for k in tensors if k not in own]
+    wrong = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in tensors.items() if k in own and own[k].shape != v.shape]
+    if missing or unexpected or wrong:
+        raise CheckpointError(
+            f"{path} does not fit {model.meta.name or 'this model'}: "
+            + "; ".join(f"{what}: {', '.join(keys[:3])}" for what, keys in
+                        (("missing", missing), ("unexpected", unexpected), ("shape mismatch", wrong)) if keys)
+        )
+    model.load_state_dict(tensors)

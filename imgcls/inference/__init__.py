@@ -1,0 +1,1 @@
+"""Using a trained model: prediction from a run folder."""

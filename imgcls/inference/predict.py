@@ -1,0 +1,130 @@
+"""Prediction from a run folder: model.json + model.safetensors are all it needs."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, Union
+
+import torch
+from PIL import Image
+
+from imgcls.data.decode import IMAGE_EXTENSIONS, ImageDecodeError, open_image, to_channels
+from imgcls.data.transforms import to_float, to_square
+from imgcls.engine.state import WEIGHTS_FILE, load_weights, read_meta
+from imgcls.models import Classifier, ModelMeta, build_model
+from imgcls.utils.env import select_device
+
+log = logging.getLogger("imgcls")
+ImageInput = Union[str, Path, Image.Image, torch.Tensor]
+
+
+class Predictor:
+    """A trained classifier with its preprocessing.
+
+    Example:
+        >>> p = Predictor.from_run("runs/fashion-mnist-smallnet-20261123-101500")   # doctest: +SKIP
+        >>> p.predict(["shoe.png"], top_k=3)[0]["label"]                              # doctest: +SKIP
+        'Sneaker'
+    """
+
+    def __init__(self, model: Classifier, meta: ModelMeta) -> None:
+        self.model = model.eval()
+        self.meta = meta
+        self.device = next(model.parameters()).device
+        self.square = to_square(meta.input_size)
+
+    @classmethod
+    def from_run(cls, run_dir: str | Path, device: str = "auto") -> Predictor:
+        run_dir = Path(run_dir)
+        meta = read_meta(run_dir)
+        model = build_model(meta.name, num_classes=meta.num_classes, in_chans=meta.in_chans, input_size=meta.input_size, drop_rate=meta.drop_rate)
+        model.set_normalization(meta.mean, meta.std)
+        load_weights(model, run_dir / WEIGHTS_FILE)
+        model.meta.classes = list(meta.classes)
+        return cls(model.to(select_device(device)), model.meta)
+
+    @property
+    def classes(self) -> list[str]:
+        return self.meta.classes
+
+    def preprocess(self, item: ImageInput) -> torch.Tensor:
+        """One image (path, PIL image, or a C,H,W / H,W tensor, uint8 or float in [0, 1]) -> uint8 C,S,S."""
+        if isinstance(item, (str, Path)):
+            return self.square(open_image(item, self.meta.in_chans))
+        if isinstance(item, Image.Image):
+            return self.square(to_channels(item, self.meta.in_chans))
+        if isinstance(item, torch.Tensor):
+            return self._tensor_to_square(item)
+        raise TypeError(f"cannot predict on {type(item).__name__}; pass paths, PIL images or tensors")
+
+    @torch.inference_mode()
+    def predict(self, images: ImageInput | Sequence[ImageInput], top_k: int = 5, batch_size: int = 256) -> list[dict[str, Any]]:
+        """Top-k classes and probabilities for each image, in input order.
+
+        Returns:
+            One dict per image: {"label": best class, "probability": its probability,
+            "top_k": [{"label": ..., "probability": ...}, ...]}.
+        """
+        if isinstance(images, (str, Path, Image.Image)) or (isinstance(images, torch.Tensor) and images.ndim <= 3):
+            images = [images]
+        elif isinstance(images, torch.Tensor):
+            images = list(images)
+        k = max(1, min(top_k, self.meta.num_classes))
+        out = []
+        for chunk in _chunks(images, batch_size):
+            batch = torch.stack([self.preprocess(im) for im in chunk]).to(self.device)
+            probs = self.model(to_float(batch)).float().softmax(1)
+            values, indices = probs.topk(k, dim=1)
+            for vals, idxs in zip(values.tolist(), indices.tolist()):
+                top = [{"label": self._name(i), "probability": round(v, 6)} for v, i in zip(vals, idxs)]
+                out.append({"label": top[0]["label"], "probability": top[0]["probability"], "top_k": top})
+        return out
+
+    def predict_files(self, paths: Sequence[Path], top_k: int = 5) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
+        """Like `predict` for files, skipping unreadable ones; returns (predictions with "path", skipped)."""
+        good, skipped = [], []
+        for p in paths:
+            try:
+                good.append((p, self.preprocess(p)))
+            except ImageDecodeError as e:
+                skipped.append((str(p), e.reason))
+        preds = self.predict([t for _, t in good], top_k=top_k) if good else []
+        return [{"path": str(p), **pred} for (p, _), pred in zip(good, preds)], skipped
+
+    def _name(self, index: int) -> str:
+        return self.meta.classes[index] if index < len(self.meta.classes) else str(index)
+
+    def _tensor_to_square(self, t: torch.Tensor) -> torch.Tensor:
+        if t.ndim == 2:
+            t = t.unsqueeze(0)
+        if t.ndim != 3 or t.shape[0] not in (1, 3, 4):
+            raise ValueError(f"expected an image tensor (C, H, W) with 1, 3 or 4 channels, got shape {tuple(t.shape)}")
+        if t.is_floating_point():
+            t = (t.clamp(0, 1) * 255).round().to(torch.uint8)
+        t = t[:3].cpu()
+        if t.shape[0] != self.meta.in_chans:
+            mode = "L" if t.shape[0] == 1 else "RGB"
+            pil = Image.fromarray(t.permute(1, 2, 0).squeeze(-1).numpy(), mode)
+            return self.square(to_channels(pil, self.meta.in_chans))
+        return self.square(t)
+
+
+def expand_paths(inputs: Iterable[str | Path]) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Files as given, folders searched recursively for images; missing paths are reported."""
+    files, missing = [], []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            files += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        elif path.is_file():
+            files.append(path)
+        else:
+            missing.append((str(path), "no such file or folder"))
+    return files, missing
+
+
+def _chunks(items: Sequence, size: int) -> Iterator[Sequence]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]

@@ -1,0 +1,161 @@
+"""The uniform model contract: every registered model is a `Classifier` carrying its metadata.
+
+A Classifier takes float images in [0, 1] at the data's size, resizes them up where the
+architecture needs more pixels, normalizes them with its own mean/std, and returns logits. So a
+checkpoint alone is enough to predict: no training config, no re-implemented preprocessing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from imgcls.registry import Registry
+
+MODELS = Registry("model")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class ModelError(ValueError):
+    """A model cannot be built or loaded as asked; the message says why."""
+
+
+@dataclass
+class ModelMeta:
+    """What predict/export/serve need, saved as model.json beside the weights."""
+
+    name: str
+    num_classes: int
+    in_chans: int
+    input_size: int
+    classes: list[str] = field(default_factory=list)
+    mean: tuple[float, ...] = (0.5,)
+    std: tuple[float, ...] = (0.5,)
+    drop_rate: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelMeta:
+        known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
+        meta = cls(**known)
+        meta.mean, meta.std = tuple(meta.mean), tuple(meta.std)
+        return meta
+
+
+class Classifier(nn.Module):
+    """backbone (pooled features) -> dropout -> linear head, behind resize + normalize.
+
+    Args:
+        backbone: maps normalized images to (N, num_features) features.
+        num_features: width of the backbone's output.
+        num_classes: outputs of the head.
+        in_chans: 1 or 3 input channels.
+        input_size: the side of the square images it is fed.
+        arch_size: the side the architecture needs; inputs are resized to it when different.
+    """
+
+    def __init__(
+        self, backbone: nn.Module, num_features: int, *, num_classes: int, in_chans: int,
+        input_size: int, arch_size: int | None = None, drop_rate: float = 0.0,
+    ) -> None:  # fmt: skip
+        super().__init__()
+        self.backbone = backbone
+        self.num_features = num_features
+        self.head_drop = nn.Dropout(drop_rate)
+        self.head = nn.Linear(num_features, num_classes)
+        self.arch_size = arch_size if arch_size and arch_size != input_size else None
+        default_mean = IMAGENET_MEAN if in_chans == 3 else (sum(IMAGENET_MEAN) / 3,)
+        default_std = IMAGENET_STD if in_chans == 3 else (sum(IMAGENET_STD) / 3,)
+        self.meta = ModelMeta("", num_classes, in_chans, input_size, mean=default_mean, std=default_std, drop_rate=drop_rate)
+        self.register_buffer("mean", torch.tensor(default_mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(default_std).view(1, -1, 1, 1), persistent=False)
+
+    def set_normalization(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        if len(mean) != self.meta.in_chans or len(std) != self.meta.in_chans:
+            raise ModelError(f"mean/std need {self.meta.in_chans} values")
+        self.meta.mean, self.meta.std = tuple(mean), tuple(std)
+        self.mean.copy_(torch.tensor(mean).view(1, -1, 1, 1))
+        self.std.copy_(torch.tensor(std).view(1, -1, 1, 1))
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        if self.arch_size is not None:
+            x = F.interpolate(x, size=(self.arch_size, self.arch_size), mode="bilinear", align_corners=False)
+        return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled pre-logit features of images in [0, 1]."""
+        return self.backbone(self.prepare(x))
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        return self.head(self.head_drop(features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """A fresh head for a new class count (transfer learning)."""
+        self.head = nn.Linear(self.num_features, num_classes).to(self.head.weight.device)
+        self.meta.num_classes = num_classes
+        self.meta.classes = []
+
+    def param_groups(self, weight_decay: float) -> list[dict[str, Any]]:
+        """Weight decay on weights only: biases and normalization parameters (1-D) are exempt."""
+        decay, no_decay = [], []
+        for p in self.parameters():
+            if p.requires_grad:
+                (no_decay if p.ndim <= 1 else decay).append(p)
+        return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_model(
+    name: str, *, num_classes: int, in_chans: int = 3, input_size: int | None = None,
+    pretrained: bool = False, drop_rate: float = 0.0,
+) -> Classifier:  # fmt: skip
+    """Builds a registered model (or `timm/<name>`) for `num_classes` and `in_chans`-channel input.
+
+    Example:
+        >>> build_model("tutorial-cnn", num_classes=10, in_chans=1, input_size=28)(torch.rand(2, 1, 28, 28)).shape
+        torch.Size([2, 10])
+    """
+    import imgcls.models  # noqa: F401  (registers the builders)
+
+    size = input_size or default_input_size(name)
+    model = MODELS.build(name, num_classes=num_classes, in_chans=in_chans, input_size=size, pretrained=pretrained, drop_rate=drop_rate)
+    model.meta.name = name
+    return model
+
+
+def default_input_size(name: str) -> int:
+    """The size a model is built for when the data has no native size (folders of photos)."""
+    import imgcls.models  # noqa: F401
+
+    return getattr(MODELS.get(name), "default_size", 224)
+
+
+def adapt_first_conv(module: nn.Module, in_chans: int) -> None:
+    """Rebuilds the first Conv2d for `in_chans` inputs; pretrained RGB filters are summed for grayscale."""
+    for path, conv in module.named_modules():
+        if isinstance(conv, nn.Conv2d):
+            break
+    else:
+        raise ModelError("model has no Conv2d to adapt to the input channels")
+    if conv.in_channels == in_chans:
+        return
+    new = nn.Conv2d(
+        in_chans, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+        conv.dilation, conv.groups, conv.bias is not None, conv.padding_mode,
+    )  # fmt: skip
+    with torch.no_grad():
+        if in_chans == 1:
+            new.weight.copy_(conv.weight.sum(dim=1, keepdim=True))
+        if conv.bias is not None:
+            new.bias.copy_(conv.bias)
+    parent_path, _, attr = path.rpartition(".")
+    setattr(module.get_submodule(parent_path) if parent_path else module, attr, new)

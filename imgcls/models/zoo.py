@@ -1,0 +1,100 @@
+"""Classic architectures: torchvision's by their torchvision names, and any timm model as `timm/<name>`.
+
+Each is wrapped in a Classifier: its own classifier layer becomes the Classifier's head, its first
+conv is rebuilt for grayscale input, and inputs smaller than the architecture can take are resized up
+inside the model (the data stays small in memory).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+from torch import nn
+
+from imgcls.models.base import MODELS, Classifier, ModelError, adapt_first_conv
+
+# name -> (path of the final Linear, smallest input side the architecture handles)
+TORCHVISION_MODELS: dict[str, tuple[str, int]] = {
+    "resnet18": ("fc", 32),
+    "resnet34": ("fc", 32),
+    "resnet50": ("fc", 32),
+    "vgg11_bn": ("classifier.6", 32),
+    "vgg16_bn": ("classifier.6", 32),
+    "inception_v3": ("fc", 75),
+    "efficientnet_b0": ("classifier.1", 32),
+    "mobilenet_v3_small": ("classifier.3", 32),
+    "mobilenet_v3_large": ("classifier.3", 32),
+    "convnext_tiny": ("classifier.2", 32),
+    "vit_b_16": ("heads.head", 32),
+}
+TIMM_MIN_SIZE = 32
+
+
+def _torchvision_builder(arch: str, head_path: str, min_size: int) -> Callable[..., Classifier]:
+    def build(*, num_classes: int, in_chans: int = 3, input_size: int = 224, pretrained: bool = False, drop_rate: float = 0.0) -> Classifier:
+        import torchvision
+
+        arch_size, kwargs = max(input_size, min_size), {}
+        if arch == "inception_v3":
+            kwargs = {"aux_logits": False, "init_weights": not pretrained, "transform_input": False}
+        if arch.startswith("vit"):
+            arch_size = 224 if pretrained else math.ceil(arch_size / 16) * 16  # patch grid must be whole
+            kwargs = {} if pretrained else {"image_size": arch_size}
+        try:
+            net = torchvision.models.get_model(arch, weights="DEFAULT" if pretrained else None, **kwargs)
+        except (OSError, RuntimeError) as e:
+            raise ModelError(
+                f"could not get pretrained weights for {arch}: {e}. They download once into the torch "
+                f"cache ($TORCH_HOME, ~/.cache/torch); connect to the internet or copy the file there."
+            ) from None
+        num_features = net.get_submodule(head_path).in_features
+        parent, _, attr = head_path.rpartition(".")
+        setattr(net.get_submodule(parent) if parent else net, attr, nn.Identity())
+        adapt_first_conv(net, in_chans)
+        model = Classifier(net, num_features, num_classes=num_classes, in_chans=in_chans, input_size=input_size, arch_size=arch_size, drop_rate=drop_rate)
+        if pretrained:
+            tf = torchvision.models.get_model_weights(arch).DEFAULT.transforms()
+            model.set_normalization(*_for_channels(tuple(tf.mean), tuple(tf.std), in_chans))
+        return model
+
+    build.default_size = 224
+    build.__doc__ = f"torchvision {arch}."
+    return build
+
+
+for _name, (_head, _min) in TORCHVISION_MODELS.items():
+    MODELS.register(_name)(_torchvision_builder(_name, _head, _min))
+
+
+def timm_model(name: str, *, num_classes: int, in_chans: int = 3, input_size: int = 224, pretrained: bool = False, drop_rate: float = 0.0) -> Classifier:
+    """Any timm model, e.g. `timm/resnet18` or `timm/convnext_nano`."""
+    import timm
+
+    if not timm.is_model(name):
+        close = timm.list_models(f"*{name}*")[:5]
+        raise ModelError(f"unknown timm model {name!r}" + (f"; similar: {', '.join(close)}" if close else ""))
+    arch_size = max(input_size, TIMM_MIN_SIZE)
+    kwargs = {"pretrained": pretrained, "num_classes": 0, "in_chans": in_chans}
+    try:
+        try:
+            net = timm.create_model(name, img_size=arch_size, **kwargs)  # ViT-like models take a size
+        except TypeError:
+            net = timm.create_model(name, **kwargs)
+    except (OSError, RuntimeError) as e:
+        raise ModelError(f"could not create timm/{name}{' with pretrained weights' if pretrained else ''}: {e}") from None
+    model = Classifier(net, net.num_features, num_classes=num_classes, in_chans=in_chans, input_size=input_size, arch_size=arch_size, drop_rate=drop_rate)
+    if pretrained:
+        cfg = net.pretrained_cfg
+        model.set_normalization(*_for_channels(tuple(cfg["mean"]), tuple(cfg["std"]), in_chans))
+    return model
+
+
+timm_model.default_size = 224
+MODELS.register_prefix("timm/", timm_model)
+
+
+def _for_channels(mean: tuple, std: tuple, in_chans: int) -> tuple[tuple, tuple]:
+    if in_chans == 1:
+        return (sum(mean) / len(mean),), (sum(std) / len(std),)
+    return mean, std

@@ -1,0 +1,111 @@
+"""The compute environment: device choice, threads, mixed precision support, versions, seeding."""
+
+from __future__ import annotations
+
+import os
+import platform
+import random
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+class DeviceError(RuntimeError):
+    """The requested device is not available."""
+
+
+def select_device(name: str = "auto") -> torch.device:
+    """`auto` picks cuda, then mps, then cpu; an explicit device must exist."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise DeviceError(f"device {name!r} requested but CUDA is not available; use train.device=cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise DeviceError(f"device {name!r} requested but only {torch.cuda.device_count()} GPU(s) exist")
+    if device.type == "mps" and not (torch.backends.mps.is_available()):
+        raise DeviceError("device 'mps' requested but MPS is not available; use train.device=cpu")
+    return device
+
+
+def autocast_dtype(device: torch.device, amp: str) -> torch.dtype | None:
+    """The autocast dtype for `amp` (auto/bf16/fp16/off) on `device`, or None for full precision."""
+    if amp == "off":
+        return None
+    if amp == "fp16":
+        if device.type != "cuda":
+            raise DeviceError("train.amp=fp16 needs CUDA; on CPU use train.amp=bf16 or off")
+        return torch.float16
+    bf16_ok = bf16_supported(device)
+    if amp == "bf16":
+        if not bf16_ok:
+            raise DeviceError(f"train.amp=bf16 is not supported on {device}; use train.amp=off")
+        return torch.bfloat16
+    return torch.bfloat16 if bf16_ok else None  # auto
+
+
+def bf16_supported(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        # Only worth it with native bf16 instructions (AVX512-BF16/AMX); emulated bf16 is slower than fp32.
+        try:
+            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()) and _cpu_has_native_bf16()
+        except (AttributeError, RuntimeError):
+            return False
+    return False
+
+
+def _cpu_has_native_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.machine() == "arm64"  # Apple silicon
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def set_threads(threads: int | None) -> int:
+    """Uses `threads` CPU threads (default: the cores this process may run on)."""
+    if threads is None:
+        threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    torch.set_num_threads(threads)
+    return threads
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def git_sha() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def versions() -> dict[str, str]:
+    import torchvision
+
+    from imgcls import __version__
+
+    return {
+        "imgcls": __version__,
+        "torch": str(torch.__version__),
+        "torchvision": str(torchvision.__version__),
+        "python": platform.python_version(),
+    }

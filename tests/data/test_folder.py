@@ -1,0 +1,120 @@
+"""Folder trees and CSV manifests: layouts, splits, stable class indices, bad input."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from imgcls.config import DataConfig
+from imgcls.data.datasets import DataError, open_dataset, stratified_split
+from tests.conftest import CLASSES, write_class_tree
+
+
+def test_single_tree_is_split_stratified_and_seeded(image_tree: Path):
+    cfg = DataConfig(name=str(image_tree), val_split=0.25, test_split=0.25)
+    a, b = open_dataset(cfg), open_dataset(cfg)
+    assert a.classes == list(CLASSES)
+    assert (len(a.train), len(a.val), len(a.test)) == (18, 9, 9)
+    for split in (a.val, a.test):
+        assert torch.bincount(split.labels).tolist() == [3, 3, 3]  # stratified
+    assert a.val.paths == b.val.paths  # seeded: the same split every time
+    seen = set(a.train.paths) | set(a.val.paths) | set(a.test.paths)
+    assert len(seen) == 36  # disjoint and complete
+
+
+def test_split_layout_uses_its_own_val_and_test(split_tree: Path):
+    b = open_dataset(DataConfig(name=str(split_tree)))
+    assert (len(b.train), len(b.val), len(b.test)) == (48, 12, 18)
+    for split in (b.train, b.val, b.test):
+        for path, label in zip(split.paths, split.labels.tolist()):
+            assert path.parent.name == CLASSES[label]  # never a wrong label
+
+
+def test_empty_class_and_missing_val_class_never_shift_labels(split_tree: Path):
+    (split_tree / "train" / "aaa_empty").mkdir()  # sorts first: would shift every index if dropped
+    for p in (split_tree / "val" / "cross").iterdir():
+        p.unlink()
+    (split_tree / "val" / "cross").rmdir()
+    b = open_dataset(DataConfig(name=str(split_tree)))
+    assert b.classes == ["aaa_empty", *CLASSES]
+    for split in (b.train, b.val, b.test):
+        for path, label in zip(split.paths, split.labels.tolist()):
+            assert b.classes[label] == path.parent.name
+    assert "cross" not in {p.parent.name for p in b.val.paths}
+
+
+def test_class_only_in_test_is_an_error(split_tree: Path):
+    write_class_tree(split_tree / "test", per_class=2, classes=("zebra",))
+    with pytest.raises(DataError, match="zebra.*training split lacks"):
+        open_dataset(DataConfig(name=str(split_tree)))
+
+
+def test_folder_without_class_folders(tmp_path: Path):
+    (tmp_path / "a.png").write_bytes(b"x")
+    with pytest.raises(DataError, match="no class folders"):
+        open_dataset(DataConfig(name=str(tmp_path)))
+
+
+def test_missing_path_and_unknown_name():
+    with pytest.raises(DataError, match="neither an existing folder"):
+        open_dataset(DataConfig(name="/no/such/folder"))
+    with pytest.raises(DataError, match="Did you mean: fashion-mnist"):
+        open_dataset(DataConfig(name="fashion-mnst"))
+
+
+def test_non_image_files_are_counted_as_skipped(image_tree: Path):
+    (image_tree / "circle" / "notes.txt").write_text("hello")
+    b = open_dataset(DataConfig(name=str(image_tree)))
+    assert [(Path(p).name, why) for p, why in b.skipped] == [("notes.txt", "not an image file (extension)")]
+
+
+def test_csv_manifest(csv_manifest: Path):
+    b = open_dataset(DataConfig(name=str(csv_manifest), val_split=0.2, test_split=0.2))
+    assert b.classes == sorted(CLASSES)
+    assert len(b.train) + len(b.val) + len(b.test) == 30
+    for split in (b.train, b.val, b.test):
+        for path, label in zip(split.paths, split.labels.tolist()):
+            assert path.name.startswith(b.classes[label])
+
+
+def test_csv_bad_rows_are_skipped_and_counted(csv_manifest: Path):
+    with open(csv_manifest, "a") as f:
+        f.write("images/missing.png,circle\n")
+        f.write("only-one-column\n")
+        f.write(",cross\n")
+        f.write("\n")
+    b = open_dataset(DataConfig(name=str(csv_manifest)))
+    reasons = [why for _, why in b.skipped]
+    assert len(reasons) == 3
+    assert any("file not found" in r for r in reasons) and any("column" in r for r in reasons)
+    with pytest.raises(DataError, match="file not found"):
+        open_dataset(DataConfig(name=str(csv_manifest), strict=True))
+
+
+def test_csv_path_escaping_its_folder_is_refused(csv_manifest: Path, tmp_path: Path):
+    outside = tmp_path.parent / "outside.png"
+    outside.write_bytes((csv_manifest.parent / "images" / "circle0.png").read_bytes())
+    with open(csv_manifest, "a") as f:
+        f.write(f"../{outside.name},circle\n")
+    with pytest.raises(DataError, match="escapes"):
+        open_dataset(DataConfig(name=str(csv_manifest), strict=True))
+    b = open_dataset(DataConfig(name=str(csv_manifest)))
+    assert any("escapes" in why for _, why in b.skipped)
+    assert outside not in b.train.paths
+
+
+def test_csv_split_column_and_numeric_labels(tmp_path: Path, csv_manifest: Path):
+    lines = ["file,class,split"]
+    for i, split in enumerate(["train"] * 6 + ["val"] * 2 + ["test"] * 2):
+        lines.append(f"images/circle{i}.png,{[2, 10, 1][i % 3]},{split}")
+    (tmp_path / "m.csv").write_text("\n".join(lines))
+    b = open_dataset(DataConfig(name=str(tmp_path / "m.csv")))
+    assert b.classes == ["1", "2", "10"]  # numeric order, not text order
+    assert (len(b.train), len(b.val), len(b.test)) == (6, 2, 2)
+
+
+def test_stratified_split_keeps_every_class_in_train():
+    labels = torch.tensor([0] * 10 + [1] * 2 + [2])
+    keep, take = stratified_split(labels, 0.3, seed=0)
+    assert set(labels[keep].tolist()) == {0, 1, 2}
+    assert sorted(labels[take].tolist()) == [0, 0, 0, 1]

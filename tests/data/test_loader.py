@@ -1,0 +1,108 @@
+"""The in-memory fast path and the streaming path: same labels, same kind of batches."""
+
+from pathlib import Path
+
+import torch
+
+from imgcls.config import DataConfig
+from imgcls.data.datasets import DataBundle, Split, open_dataset
+from imgcls.data.loader import build_loader, prepare, resolve_channels
+from imgcls.data.memory import BatchAugment, MemoryLoader
+
+
+def _collect(loader):
+    xs, ys = zip(*loader)
+    return torch.cat(xs), torch.cat(ys)
+
+
+def test_ram_and_stream_paths_give_identical_eval_batches(image_tree: Path):
+    kw = {"size": 24, "channels": 3, "device": torch.device("cpu"), "train": False}
+    ram_cfg = DataConfig(name=str(image_tree), cache="ram", eval_batch_size=5)
+    ram = prepare(open_dataset(ram_cfg), ram_cfg, 24, 3)
+    off_cfg = DataConfig(name=str(image_tree), cache="off", eval_batch_size=5, workers=0)
+    off = prepare(open_dataset(off_cfg), off_cfg, 24, 3)
+    assert ram.train.images is not None and off.train.images is None
+    x1, y1 = _collect(build_loader(ram.train, ram_cfg, **kw))
+    x2, y2 = _collect(build_loader(off.train, off_cfg, **kw))
+    assert torch.equal(y1, y2)
+    assert x1.dtype == x2.dtype == torch.float32 and x1.shape == x2.shape == (len(ram.train), 3, 24, 24)
+    assert torch.allclose(x1, x2)
+
+
+def test_train_batches_are_augmented_but_keep_labels(image_tree: Path):
+    cfg = DataConfig(name=str(image_tree), batch_size=8, val_split=0.0, test_split=0.0)
+    for cache in ("ram", "off"):
+        c = DataConfig(**{**cfg.__dict__, "cache": cache, "workers": 0})
+        bundle = prepare(open_dataset(c), c, 32, 3)
+        loader = build_loader(bundle.train, c, size=32, channels=3, device=torch.device("cpu"), train=True, seed=1)
+        loader.set_epoch(0)
+        x, y = _collect(loader)
+        assert x.shape[1:] == (3, 32, 32) and 0 <= x.min() and x.max() <= 1
+        assert len(y) == 32  # 36 images, drop_last with batch 8
+        # the class's colour channel is still the brightest: augmentation moved pixels, not labels
+        assert torch.equal(x.mean((2, 3)).argmax(1), y)
+
+
+def test_memory_loader_order_depends_only_on_seed_and_epoch():
+    images = torch.arange(10, dtype=torch.uint8).view(10, 1, 1, 1).expand(10, 1, 4, 4).contiguous()
+    labels = torch.arange(10)
+
+    def order(epoch: int, seed: int = 0) -> list[int]:
+        loader = MemoryLoader(images, labels, 4, device=torch.device("cpu"), shuffle=True, seed=seed)
+        loader.set_epoch(epoch)
+        return torch.cat([y for _, y in loader]).tolist()
+
+    assert order(0) == order(0) and order(0) != order(1) and order(0) != order(0, seed=5)
+    assert sorted(order(3)) == list(range(10))
+
+
+def test_batch_augment_translates_and_flips():
+    x = torch.zeros(64, 1, 8, 8)
+    x[:, :, 3:5, 0] = 1.0  # a bar on the left edge
+    out = BatchAugment(8, flip=True)(x, torch.Generator().manual_seed(0))
+    assert out.shape == x.shape
+    right = out[..., 4:].sum((1, 2, 3)) > out[..., :4].sum((1, 2, 3))
+    assert 0 < right.sum() < 64  # some flipped, some not
+    assert not torch.equal(out, x)
+
+
+def test_channels_follow_the_data(image_tree: Path, tmp_path: Path):
+    assert resolve_channels(open_dataset(DataConfig(name=str(image_tree))), DataConfig()) == 3
+    gray = tmp_path / "gray"
+    for name in ("a", "b"):
+        (gray / name).mkdir(parents=True)
+        for i in range(3):
+            from PIL import Image
+
+            Image.new("L", (10, 10), 30 * i).save(gray / name / f"{i}.png")
+    assert resolve_channels(open_dataset(DataConfig(name=str(gray))), DataConfig()) == 1
+    assert resolve_channels(open_dataset(DataConfig(name=str(gray))), DataConfig(channels=3)) == 3
+
+
+def test_corrupt_files_are_skipped_with_one_warning_naming_each(image_tree: Path, caplog):
+    (image_tree / "circle" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    (image_tree / "cross" / "empty.jpg").write_bytes(b"")
+    cfg = DataConfig(name=str(image_tree), cache="ram")
+    bundle = prepare(open_dataset(cfg), cfg, 32, 3)
+    assert len(bundle.train) + len(bundle.val) + len(bundle.test) == 36
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1
+    assert "skipped 2" in warnings[0] and "broken.png" in warnings[0] and "empty.jpg" in warnings[0]
+
+
+def test_strict_turns_skips_into_an_error(image_tree: Path):
+    import pytest
+
+    from imgcls.data.datasets import DataError
+
+    (image_tree / "circle" / "broken.png").write_bytes(b"garbage")
+    cfg = DataConfig(name=str(image_tree), strict=True)
+    with pytest.raises(DataError, match="broken.png"):
+        prepare(open_dataset(cfg), cfg, 32, 3)
+
+
+def test_tensor_splits_adapt_size_and_channels():
+    images = torch.randint(0, 255, (4, 1, 8, 8), dtype=torch.uint8)
+    bundle = DataBundle("t", ["a", "b"], Split(torch.tensor([0, 1, 0, 1]), images), channels=1, image_size=8)
+    out = prepare(bundle, DataConfig(), 16, 3)
+    assert out.train.images.shape == (4, 3, 16, 16) and out.train.images.dtype == torch.uint8

@@ -1,0 +1,71 @@
+"""Training: a tiny run learns, resume equals an uninterrupted run, schedules have the right shape."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import imgcls
+from imgcls.config import OptimConfig
+from imgcls.engine.optim import lr_factor
+from imgcls.engine.state import read_state
+
+FAST = {"train.amp": "off", "log.progress": False, "data.batch_size": 64, "optim.lr": 0.05}
+
+
+def test_tiny_run_improves_and_writes_the_run_folder(tmp_path: Path):
+    result = imgcls.train(data="digits", model="tutorial-cnn", epochs=6, out=tmp_path / "run", overrides=FAST)
+    history = result.history
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    assert history[-1]["val_acc"] > 0.8 and result.test["accuracy"] > 0.8
+    files = {p.name for p in result.run_dir.iterdir()}
+    expected = {"config.yaml", "metrics.csv", "model.safetensors", "model.json", "state.pt", "curves.png", "confusion_matrix.png", "eval.json", "report.md"}
+    assert expected <= files
+    assert len((result.run_dir / "metrics.csv").read_text().strip().splitlines()) == 7  # header + 6 epochs
+    assert not [p for p in result.run_dir.iterdir() if p.name.endswith(".tmp")]
+
+
+class StopAfter:
+    def __init__(self, epochs: int) -> None:
+        self.epochs = epochs
+
+    def on_eval_end(self, state) -> None:
+        state.should_stop = state.epoch >= self.epochs
+
+
+def test_resume_equals_an_uninterrupted_run_bitwise(tmp_path: Path):
+    args = {"data": "digits", "model": "smallnet", "epochs": 3, "overrides": {**FAST, "model.drop_rate": 0.2}}
+    straight = imgcls.train(out=tmp_path / "a", **args)
+    imgcls.train(out=tmp_path / "b", callbacks=[StopAfter(1)], **args)  # "crashes" after epoch 1
+    assert read_state(tmp_path / "b" / "state.pt")["epoch"] == 1
+    resumed = imgcls.train(resume=tmp_path / "b")
+    a, b = read_state(tmp_path / "a" / "state.pt"), read_state(tmp_path / "b" / "state.pt")
+    assert a["epoch"] == b["epoch"] == 3 and a["step"] == b["step"]
+    for key, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][key]), key
+    assert straight.test["accuracy"] == resumed.test["accuracy"]
+    assert [r["train_loss"] for r in straight.history] == [r["train_loss"] for r in resumed.history]
+
+
+def test_safetensors_weights_match_the_best_epoch(tmp_path: Path):
+    result = imgcls.train(data="digits", model="tutorial-cnn", epochs=2, out=tmp_path / "r", overrides=FAST)
+    weights = load_file(str(result.run_dir / "model.safetensors"))
+    assert set(weights) == set(read_state(result.run_dir / "state.pt")["model"])
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "onecycle", "step", "constant"])
+def test_schedules_warm_up_and_stay_positive(schedule):
+    cfg = OptimConfig(schedule=schedule, warmup_epochs=1, step_epochs=2)
+    f = lr_factor(cfg, epochs=10)
+    values = [f(p / 100) for p in range(101)]
+    assert all(v >= 0 for v in values) and max(values) <= 1.0 + 1e-6
+    assert values[1] < values[10]  # warming up
+    if schedule in ("cosine", "onecycle"):
+        assert values[-1] < 0.01
+
+
+def test_tensorboard_logging(tmp_path: Path):
+    pytest.importorskip("tensorboard")
+    imgcls.train(data="digits", model="tutorial-cnn", epochs=1, out=tmp_path / "r", overrides={**FAST, "log.tensorboard": True})
+    assert list((tmp_path / "r" / "tensorboard").glob("events.out.tfevents.*"))

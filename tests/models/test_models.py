@@ -1,0 +1,67 @@
+"""Every registered model (timm-style test over the registry): forward, backward, new head, grayscale."""
+
+import pytest
+import torch
+
+from imgcls.models import MODELS, ModelError, build_model
+from imgcls.models.base import adapt_first_conv
+
+ALL = MODELS.list() + ["timm/resnet18"]
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_model_contract(name):
+    torch.manual_seed(0)
+    gray = build_model(name, num_classes=4, in_chans=1, input_size=28)  # small input, one channel
+    x = torch.rand(2, 1, 28, 28)
+    out = gray(x)
+    assert out.shape == (2, 4) and torch.isfinite(out).all()
+    out.sum().backward()
+    grads = [p.grad for p in gray.parameters() if p.requires_grad]
+    assert all(g is not None for g in grads)
+    gray.eval()
+    feats = gray.forward_features(x)
+    assert feats.shape == (2, gray.num_features)
+    assert torch.allclose(gray.forward_head(feats), gray(x), atol=1e-5)  # forward = head(features)
+    gray.reset_classifier(7)
+    assert gray(x).shape == (2, 7) and gray.meta.num_classes == 7
+    assert gray.meta.in_chans == 1 and gray.meta.input_size == 28 and gray.meta.name == name
+
+
+@pytest.mark.parametrize("name", ["tutorial-cnn", "smallnet", "resnet18", "vit_b_16"])
+def test_rgb_inputs_and_meta(name):
+    model = build_model(name, num_classes=3, in_chans=3, input_size=32).eval()
+    assert model(torch.rand(1, 3, 32, 32)).shape == (1, 3)
+    assert len(model.meta.mean) == 3
+
+
+def test_inception_resizes_small_inputs_up():
+    model = build_model("inception_v3", num_classes=2, in_chans=1, input_size=28)
+    assert model.arch_size == 75
+
+
+def test_param_groups_exempt_biases_and_norms_from_decay():
+    model = build_model("smallnet", num_classes=3, in_chans=1, input_size=28)
+    decay, no_decay = model.param_groups(5e-4)
+    assert all(p.ndim > 1 for p in decay["params"]) and all(p.ndim <= 1 for p in no_decay["params"])
+    assert no_decay["weight_decay"] == 0.0
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+
+
+def test_adapt_first_conv_sums_rgb_filters_for_grayscale():
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU())
+    rgb_weight = net[0].weight.detach().clone()
+    adapt_first_conv(net, 1)
+    assert net[0].in_channels == 1
+    assert torch.allclose(net[0].weight, rgb_weight.sum(1, keepdim=True))
+
+
+def test_unknown_models_are_clear_errors():
+    from imgcls.registry import RegistryError
+
+    with pytest.raises(RegistryError, match="Did you mean: resnet18"):
+        build_model("resnet81", num_classes=2)
+    with pytest.raises(ModelError, match="unknown timm model"):
+        build_model("timm/not_a_model_xyz", num_classes=2)
+    with pytest.raises(ModelError, match="no pretrained weights"):
+        build_model("smallnet", num_classes=2, pretrained=True)

@@ -1,0 +1,123 @@
+"""The command line end to end on tiny data: train, eval --json, predict, models, and clear errors."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from imgcls import cli
+from tests.conftest import CLASSES, make_image
+
+TINY = ["--epochs", "4", "--batch-size", "16", "--lr", "0.05", "--set", "train.amp=off", "log.progress=false", "data.image_size=16"]
+
+
+@pytest.fixture(scope="module")
+def folder_run(tmp_path_factory) -> tuple[Path, Path]:
+    from tests.conftest import write_class_tree
+
+    root = tmp_path_factory.mktemp("cli")
+    write_class_tree(root / "data", per_class=20)
+    run = root / "run"
+    code = cli.main(["train", "--data", str(root / "data"), "--model", "tutorial-cnn", "--out", str(run), *TINY])
+    assert code == 0
+    return root / "data", run
+
+
+def test_console_script_and_module_entry_points(tmp_path: Path):
+    for cmd in (["imgcls"], [sys.executable, "-m", "imgcls"]):
+        exe = Path(sys.executable).parent / "imgcls" if cmd == ["imgcls"] else None
+        full = [str(exe)] if exe else cmd
+        out = subprocess.run([*full, "models", "resnet*"], capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.split() == ["resnet18", "resnet34", "resnet50"]
+
+
+@pytest.mark.parametrize("command", ["train", "eval", "predict", "models"])
+def test_every_command_has_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([command, "--help"])
+    assert exit_info.value.code == 0
+    assert "usage: imgcls " + command in capsys.readouterr().out
+
+
+def test_train_writes_a_complete_run_folder(folder_run):
+    _, run = folder_run
+    for name in ("config.yaml", "metrics.csv", "model.safetensors", "model.json", "state.pt", "curves.png", "confusion_matrix.png", "eval.json"):
+        assert (run / name).is_file(), name
+    meta = json.loads((run / "model.json").read_text())
+    assert meta["classes"] == list(CLASSES) and meta["in_chans"] == 3 and meta["input_size"] == 16
+
+
+def test_eval_json(folder_run, capsys):
+    data, run = folder_run
+    assert cli.main(["eval", str(run), "--data", str(data), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    for key in ("accuracy", "precision_macro", "recall_macro", "f1_macro", "num_samples", "per_class"):
+        assert key in result
+    assert "top5_accuracy" not in result  # only 3 classes
+    assert set(result["per_class"]) == set(CLASSES)
+    assert {"precision", "recall", "f1", "support"} <= set(result["per_class"]["cross"])
+    assert result["accuracy"] >= 0.9  # the colour task is easy: the model must have learned it
+    assert json.loads((run / "eval.json").read_text())["accuracy"] == result["accuracy"]
+
+
+def test_eval_val_split(folder_run, capsys):
+    _, run = folder_run
+    assert cli.main(["eval", str(run), "--split", "val", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["split"] == "val"
+    assert (run / "eval-val.json").is_file()
+
+
+def test_predict_names_the_right_classes(folder_run, tmp_path: Path, capsys):
+    _, run = folder_run
+    import numpy as np
+
+    rng = np.random.default_rng(99)
+    files = []
+    for label, name in enumerate(CLASSES):
+        path = tmp_path / f"new_{name}.jpg"
+        make_image(label, rng).save(path)
+        files.append(path)
+    (tmp_path / "broken.png").write_bytes(b"nope")
+    assert cli.main(["predict", str(run), str(tmp_path), "--top-k", "2", "--json"]) == 0
+    captured = capsys.readouterr()
+    preds = [json.loads(line) for line in captured.out.splitlines()]
+    assert len(preds) == 3
+    for pred in preds:
+        assert pred["label"] == Path(pred["path"]).stem.removeprefix("new_")
+        assert len(pred["top_k"]) == 2 and 0 < pred["probability"] <= 1
+    assert "skipped 1" in captured.err and "broken.png" in captured.err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["train", "--data", "/no/such/dir"], "neither an existing folder"),
+        (["train", "--model", "resnet81", "--data", "digits"], "Did you mean: resnet18"),
+        (["train", "--set", "optim.lrr=0.1"], "Did you mean lr"),
+        (["train", "--set", "train.device=cuda", "--data", "digits"], "CUDA is not available"),
+        (["eval", "/no/such/run"], "not an imgcls run folder"),
+        (["predict", "/no/such/run", "x.png"], "not an imgcls run folder"),
+        (["train", "--resume", "/no/such/run"], "cannot resume"),
+    ],
+)
+def test_user_mistakes_are_one_line_errors(argv, message, capsys):
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_bad_data_through_a_real_process_has_no_traceback(tmp_path: Path):
+    out = subprocess.run([sys.executable, "-m", "imgcls", "train", "--data", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    assert "error: no class folders" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_csv_dataset_trains_and_evaluates(csv_manifest: Path, tmp_path: Path, capsys):
+    run = tmp_path / "csvrun"
+    assert cli.main(["train", "--data", str(csv_manifest), "--model", "tutorial-cnn", "--out", str(run), *TINY]) == 0
+    assert cli.main(["eval", str(run), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert result["num_samples"] == 3 and set(result["per_class"]) == set(CLASSES)

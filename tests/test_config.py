@@ -1,0 +1,71 @@
+from pathlib import Path
+
+import pytest
+
+from imgcls import config
+from imgcls.config import Config, ConfigError
+
+
+def test_defaults_round_trip_through_yaml(tmp_path: Path):
+    cfg = config.load(None, {"optim.lr": 0.05, "data.name": "digits", "train.epochs": 3})
+    config.save(cfg, tmp_path / "c.yaml")
+    again = config.load(tmp_path / "c.yaml")
+    assert again == cfg
+    assert again.optim.lr == 0.05 and again.data.name == "digits" and again.train.epochs == 3
+
+
+def test_yaml_then_overrides_take_precedence(tmp_path: Path):
+    (tmp_path / "run.yaml").write_text("optim:\n  lr: 0.3\n  name: adamw\ntrain:\n  epochs: 7\n")
+    cfg = config.load(tmp_path / "run.yaml", {"optim.lr": 0.01})
+    assert (cfg.optim.name, cfg.optim.lr, cfg.train.epochs) == ("adamw", 0.01, 7)
+
+
+def test_override_strings_are_typed():
+    parsed = config.parse_overrides(["optim.lr=1e-3", "train.amp=off", "data.image_size=null", "log.tensorboard=true"])
+    cfg = config.load(None, parsed)
+    assert cfg.optim.lr == 0.001 and cfg.train.amp == "off" and cfg.data.image_size is None and cfg.log.tensorboard is True
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"optim.lrr": 0.1}, "Did you mean lr"),
+        ({"trian.epochs": 1}, "Did you mean train"),
+        ({"optim.name": "sgdd"}, "Did you mean 'sgd'"),
+        ({"train.epochs": "ten"}, "train.epochs must be int"),
+        ({"train.epochs": 2.5}, "train.epochs must be int"),
+        ({"train.epochs": 0}, "train.epochs must be >= 1"),
+        ({"data.val_split": 1.5}, "data.val_split must be in"),
+        ({"log.tensorboard": "maybe"}, "log.tensorboard must be bool"),
+        ({"train.device": "tpu"}, "train.device must be"),
+    ],
+)
+def test_bad_values_fail_with_a_clear_message(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        config.load(None, overrides)
+
+
+def test_bad_yaml_file(tmp_path: Path):
+    (tmp_path / "bad.yaml").write_text("optim: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        config.load(tmp_path / "bad.yaml")
+    with pytest.raises(ConfigError, match="not found"):
+        config.load(tmp_path / "missing.yaml")
+    (tmp_path / "list.yaml").write_text("- 1\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        config.load(tmp_path / "list.yaml")
+
+
+def test_malformed_override():
+    with pytest.raises(ConfigError, match="section.key=value"):
+        config.parse_overrides(["optim.lr"])
+
+
+def test_config_is_frozen():
+    with pytest.raises(AttributeError):
+        Config().train.epochs = 3  # type: ignore[misc]
+
+
+def test_shipped_configs_load():
+    for path in Path(__file__).parents[1].glob("configs/*.yaml"):
+        config.load(path)
