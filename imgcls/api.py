@@ -27,7 +27,14 @@ from imgcls.utils.env import autocast_dtype, seed_everything, select_device, set
 from imgcls.utils.io import new_run_dir, write_json, write_text
 
 log = logging.getLogger("imgcls")
-SHORTHANDS = {"data": "data.name", "model": "model.name", "epochs": "train.epochs", "batch_size": "data.batch_size", "lr": "optim.lr", "out": "out"}
+SHORTHANDS = {
+    "data": "data.name",
+    "model": "model.name",
+    "epochs": "train.epochs",
+    "batch_size": "data.batch_size",
+    "lr": "optim.lr",
+    "out": "out",
+}
 
 
 @dataclass
@@ -38,11 +45,15 @@ class TrainResult:
     elapsed_s: float
 
 
-def make_config(config: str | Path | None = None, overrides: dict[str, Any] | None = None, **shorthands: Any) -> Config:
+def make_config(
+    config: str | Path | None = None, overrides: dict[str, Any] | None = None, **shorthands: Any
+) -> Config:
     """Defaults < YAML file < dotted overrides < shorthands (data=, model=, epochs=, batch_size=, lr=, out=)."""
     unknown = set(shorthands) - SHORTHANDS.keys()
     if unknown:
-        raise config_lib.ConfigError(f"unknown argument(s) {', '.join(sorted(unknown))}; use overrides={{'section.key': value}}")
+        raise config_lib.ConfigError(
+            f"unknown argument(s) {', '.join(sorted(unknown))}; use overrides={{'section.key': value}}"
+        )
     merged = dict(overrides or {})
     merged |= {SHORTHANDS[k]: v for k, v in shorthands.items() if v is not None}
     return config_lib.load(config, merged)
@@ -77,7 +88,9 @@ def train(
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
 
-    run_dir = Path(cfg.out) if cfg.out else new_run_dir("runs", f"{_stem(cfg.data.name)}-{_stem(cfg.model.name)}")
+    run_dir = (
+        Path(cfg.out) if cfg.out else new_run_dir("runs", f"{_stem(cfg.data.name)}-{_stem(cfg.model.name)}")
+    )
     cfg = cfg.replace({"out": str(run_dir)})
     run_dir.mkdir(parents=True, exist_ok=True)
     config_lib.save(cfg, run_dir / "config.yaml")
@@ -85,7 +98,13 @@ def train(
              run_dir, cfg.model.name, cfg.data.name, len(bundle.classes), channels, size, size,
              len(bundle.train), len(bundle.val) if bundle.val else 0, device)  # fmt: skip
 
-    loader_args = {"size": size, "channels": channels, "device": device, "flip": bundle.flip_ok, "seed": cfg.train.seed}
+    loader_args = {
+        "size": size,
+        "channels": channels,
+        "device": device,
+        "flip": bundle.flip_ok,
+        "seed": cfg.train.seed,
+    }
     train_loader = build_loader(bundle.train, cfg.data, train=True, **loader_args)
     val_loader = build_loader(bundle.val, cfg.data, train=False, **loader_args) if bundle.val else None
     state = new_state(model, cfg, len(train_loader))
@@ -121,13 +140,22 @@ def evaluate(run_dir: str | Path, data: str | None = None, split: str = "test", 
     run_dir = Path(run_dir)
     predictor = Predictor.from_run(run_dir, device=device)
     cfg = _run_config(run_dir)
-    data_cfg = replace(cfg.data, name=data or cfg.data.name, cache="auto" if cfg.data.cache == "off" else cfg.data.cache)
+    data_cfg = replace(
+        cfg.data, name=data or cfg.data.name, cache="auto" if cfg.data.cache == "off" else cfg.data.cache
+    )
     if batch_size:
         data_cfg = replace(data_cfg, eval_batch_size=batch_size)
     meta = predictor.meta
     bundle = _align_classes(open_dataset(data_cfg), meta.classes)
     bundle = prepare(bundle, data_cfg, meta.input_size, meta.in_chans)
-    loader = build_loader(bundle.split(split), data_cfg, size=meta.input_size, channels=meta.in_chans, device=predictor.device, train=False)
+    loader = build_loader(
+        bundle.split(split),
+        data_cfg,
+        size=meta.input_size,
+        channels=meta.in_chans,
+        device=predictor.device,
+        train=False,
+    )
     result = _evaluate_and_write(predictor.model, loader, meta.classes, run_dir, split, cfg)
     if show:
         print_table(result, f"{run_dir.name}: {split} split of {data_cfg.name}")
@@ -181,17 +209,29 @@ def _channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float
     return tuple(round(v, 5) for v in mean.tolist()), tuple(round(max(v, 1e-3), 5) for v in std.tolist())
 
 
-def _evaluate_and_write(model: Classifier, loader, classes: list[str], run_dir: Path, split: str, cfg: Config) -> dict[str, Any]:
+def _evaluate_and_write(
+    model: Classifier, loader, classes: list[str], run_dir: Path, split: str, cfg: Config
+) -> dict[str, Any]:
     device = next(model.parameters()).device
-    logits, labels = predict_logits(model, loader, amp_dtype=autocast_dtype(device, cfg.train.amp), channels_last=cfg.train.channels_last)
+    logits, labels = predict_logits(
+        model, loader, amp_dtype=autocast_dtype(device, cfg.train.amp), channels_last=cfg.train.channels_last
+    )
     if not len(labels):
         raise DataError(f"the {split} split has no usable images")
     result = classification_report(logits, labels, classes)
     result = {"split": split, "data": cfg.data.name, "model": model.meta.name, **result}
     write_json(run_dir / ("eval.json" if split == "test" else f"eval-{split}.json"), result)
     suffix = "" if split == "test" else f"-{split}"
-    plot_confusion(result["confusion_matrix"], classes, run_dir / f"confusion_matrix{suffix}.png", f"{split} split: confusion (row-normalized)")
-    write_text(run_dir / f"report{suffix}.md", markdown_summary(result, f"{model.meta.name} on {cfg.data.name} ({split} split)"))
+    plot_confusion(
+        result["confusion_matrix"],
+        classes,
+        run_dir / f"confusion_matrix{suffix}.png",
+        f"{split} split: confusion (row-normalized)",
+    )
+    write_text(
+        run_dir / f"report{suffix}.md",
+        markdown_summary(result, f"{model.meta.name} on {cfg.data.name} ({split} split)"),
+    )
     log.info("%s accuracy %.4f (%d images)%s", split, result["accuracy"], result["num_samples"],
              f", top-5 {result['top5_accuracy']:.4f}" if "top5_accuracy" in result else "")  # fmt: skip
     return result
@@ -212,7 +252,13 @@ def _align_classes(bundle: DataBundle, classes: list[str]) -> DataBundle:
             raise DataError(f"the data has classes the model was not trained on: {', '.join(unknown[:10])}")
         return Split(torch.tensor([index[n] for n in names], dtype=torch.long), split.images, split.paths)
 
-    return replace(bundle, classes=list(classes), train=remap(bundle.train), val=remap(bundle.val), test=remap(bundle.test))
+    return replace(
+        bundle,
+        classes=list(classes),
+        train=remap(bundle.train),
+        val=remap(bundle.val),
+        test=remap(bundle.test),
+    )
 
 
 def _run_config(run_dir: Path) -> Config:

@@ -6,7 +6,6 @@ import argparse
 import json
 import logging
 import sys
-from pathlib import Path
 
 from imgcls import __version__
 from imgcls.config import ConfigError, parse_overrides
@@ -23,19 +22,34 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train (and test) a model; with no flags: the default model on Fashion-MNIST",
                        description="Train a model, keep best/last checkpoints in a run folder, evaluate it on the test split.")  # fmt: skip
-    t.add_argument("--data", help="built-in name (fashion-mnist, mnist, cifar10, cifar100, digits), a folder, or a CSV manifest")
-    t.add_argument("--model", help="model name (see `imgcls models`), e.g. smallnet, resnet18, timm/convnext_nano")
+    t.add_argument(
+        "--data",
+        help="built-in name (fashion-mnist, mnist, cifar10, cifar100, digits), a folder, or a CSV manifest",
+    )
+    t.add_argument(
+        "--model", help="model name (see `imgcls models`), e.g. smallnet, resnet18, timm/convnext_nano"
+    )
     t.add_argument("--epochs", type=int)
     t.add_argument("--batch-size", type=int)
     t.add_argument("--lr", type=float, help="peak learning rate")
     t.add_argument("--out", help="run folder (default: runs/<data>-<model>-<time>)")
     t.add_argument("--config", help="a YAML file of config sections (see configs/)")
-    t.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="config overrides, e.g. optim.name=adamw train.amp=off")
+    t.add_argument(
+        "--set",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config overrides, e.g. optim.name=adamw train.amp=off",
+    )
     t.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
     t.add_argument("--strict", action="store_true", help="unreadable images are an error, not a counted skip")
     t.set_defaults(func=cmd_train)
 
-    e = sub.add_parser("eval", help="evaluate a run's model on a data split", description="Evaluate a run's best model; writes eval.json and a confusion matrix into the run folder.")
+    e = sub.add_parser(
+        "eval",
+        help="evaluate a run's model on a data split",
+        description="Evaluate a run's best model; writes eval.json and a confusion matrix into the run folder.",
+    )
     e.add_argument("run_dir", metavar="RUN_DIR")
     e.add_argument("--data", help="data to evaluate on (default: the data the run was trained on)")
     e.add_argument("--split", choices=["test", "val"], default="test")
@@ -44,7 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true", help="print the metrics as one JSON object on stdout")
     e.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("predict", help="classify image files or folders", description="Print the top-k classes of each image.")
+    p = sub.add_parser(
+        "predict",
+        help="classify image files or folders",
+        description="Print the top-k classes of each image.",
+    )
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders (searched recursively)")
     p.add_argument("--top-k", type=int, default=5)
@@ -52,8 +70,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object per line on stdout")
     p.set_defaults(func=cmd_predict)
 
-    m = sub.add_parser("models", help="list registered model names", description="List model names; timm models are used as timm/<name>.")
-    m.add_argument("pattern", nargs="?", default="*", help="wildcard filter, e.g. 'resnet*' or 'timm/*convnext*'")
+    m = sub.add_parser(
+        "models",
+        help="list registered model names",
+        description="List model names; timm models are used as timm/<name>.",
+    )
+    m.add_argument(
+        "pattern", nargs="?", default="*", help="wildcard filter, e.g. 'resnet*' or 'timm/*convnext*'"
+    )
     m.set_defaults(func=cmd_models)
     return parser
 
@@ -64,7 +88,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     overrides = parse_overrides(args.set)
     if args.strict:
         overrides["data.strict"] = True
-    shorthands = {"data": args.data, "model": args.model, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "out": args.out}
+    shorthands = {
+        "data": args.data,
+        "model": args.model,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "out": args.out,
+    }
     if args.resume and (args.config or args.out):
         raise ConfigError("--resume continues a run with its own config.yaml and folder; drop --config/--out")
     result = api.train(config=args.config, resume=args.resume, overrides=overrides, **shorthands)
@@ -78,7 +109,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from imgcls import api
 
-    result = api.evaluate(args.run_dir, args.data, args.split, batch_size=args.batch_size, device=args.device, show=not args.json)
+    result = api.evaluate(
+        args.run_dir,
+        args.data,
+        args.split,
+        batch_size=args.batch_size,
+        device=args.device,
+        show=not args.json,
+    )
     if args.json:
         print(json.dumps(result))
     return 0

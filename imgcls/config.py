@@ -235,7 +235,9 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         if value not in choices:
             close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
             hint_txt = f" Did you mean {close[0]!r}?" if close else ""
-            raise ConfigError(f"{key} must be one of {', '.join(map(str, choices))}, not {value!r}.{hint_txt}")
+            raise ConfigError(
+                f"{key} must be one of {', '.join(map(str, choices))}, not {value!r}.{hint_txt}"
+            )
         return value
     if hint is bool:
         if isinstance(value, bool):

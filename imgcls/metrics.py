@@ -40,7 +40,12 @@ def classification_report(logits: torch.Tensor, labels: torch.Tensor, classes: l
         if avg == "none":
             support = torch.bincount(labels, minlength=n)
             for i, name in enumerate(classes):
-                per_class[name] = {"precision": _f(p[i]), "recall": _f(r[i]), "f1": _f(f[i]), "support": int(support[i])}
+                per_class[name] = {
+                    "precision": _f(p[i]),
+                    "recall": _f(r[i]),
+                    "f1": _f(f[i]),
+                    "support": int(support[i]),
+                }
         else:
             report |= {f"precision_{avg}": _f(p), f"recall_{avg}": _f(r), f"f1_{avg}": _f(f)}
     report["per_class"] = per_class

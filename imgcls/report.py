@@ -65,7 +65,9 @@ def markdown_summary(result: dict[str, Any], title: str) -> str:
             lines.append(f"- **{key}**: {result[key]}")
     lines += ["", "| class | precision | recall | f1 | support |", "|---|---|---|---|---|"]
     for name, m in result["per_class"].items():
-        lines.append(f"| {name} | {m['precision']:.4f} | {m['recall']:.4f} | {m['f1']:.4f} | {m['support']} |")
+        lines.append(
+            f"| {name} | {m['precision']:.4f} | {m['recall']:.4f} | {m['f1']:.4f} | {m['support']} |"
+        )
     lines += ["", "![curves](curves.png)", "", "![confusion matrix](confusion_matrix.png)", ""]
     return "\n".join(lines)
 
@@ -79,9 +81,17 @@ def print_table(result: dict[str, Any], title: str) -> None:
     for col in ("class", "precision", "recall", "f1", "support"):
         table.add_column(col, justify="left" if col == "class" else "right")
     for name, m in result["per_class"].items():
-        table.add_row(name, f"{m['precision']:.4f}", f"{m['recall']:.4f}", f"{m['f1']:.4f}", str(m["support"]))
+        table.add_row(
+            name, f"{m['precision']:.4f}", f"{m['recall']:.4f}", f"{m['f1']:.4f}", str(m["support"])
+        )
     table.add_section()
-    table.add_row("macro avg", f"{result['precision_macro']:.4f}", f"{result['recall_macro']:.4f}", f"{result['f1_macro']:.4f}", str(result["num_samples"]))
+    table.add_row(
+        "macro avg",
+        f"{result['precision_macro']:.4f}",
+        f"{result['recall_macro']:.4f}",
+        f"{result['f1_macro']:.4f}",
+        str(result["num_samples"]),
+    )
     console = Console(stderr=True)
     console.print(table)
     top5 = f"   top-5 {result['top5_accuracy']:.4f}" if "top5_accuracy" in result else ""

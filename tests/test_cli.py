@@ -10,7 +10,18 @@ import pytest
 from imgcls import cli
 from tests.conftest import CLASSES, make_image
 
-TINY = ["--epochs", "4", "--batch-size", "16", "--lr", "0.05", "--set", "train.amp=off", "log.progress=false", "data.image_size=16"]
+TINY = [
+    "--epochs",
+    "4",
+    "--batch-size",
+    "16",
+    "--lr",
+    "0.05",
+    "--set",
+    "train.amp=off",
+    "log.progress=false",
+    "data.image_size=16",
+]
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +31,9 @@ def folder_run(tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("cli")
     write_class_tree(root / "data", per_class=20)
     run = root / "run"
-    code = cli.main(["train", "--data", str(root / "data"), "--model", "tutorial-cnn", "--out", str(run), *TINY])
+    code = cli.main(
+        ["train", "--data", str(root / "data"), "--model", "tutorial-cnn", "--out", str(run), *TINY]
+    )
     assert code == 0
     return root / "data", run
 
@@ -44,7 +57,16 @@ def test_every_command_has_help(command, capsys):
 
 def test_train_writes_a_complete_run_folder(folder_run):
     _, run = folder_run
-    for name in ("config.yaml", "metrics.csv", "model.safetensors", "model.json", "state.pt", "curves.png", "confusion_matrix.png", "eval.json"):
+    for name in (
+        "config.yaml",
+        "metrics.csv",
+        "model.safetensors",
+        "model.json",
+        "state.pt",
+        "curves.png",
+        "confusion_matrix.png",
+        "eval.json",
+    ):
         assert (run / name).is_file(), name
     meta = json.loads((run / "model.json").read_text())
     assert meta["classes"] == list(CLASSES) and meta["in_chans"] == 3 and meta["input_size"] == 16
@@ -110,14 +132,22 @@ def test_user_mistakes_are_one_line_errors(argv, message, capsys):
 
 
 def test_bad_data_through_a_real_process_has_no_traceback(tmp_path: Path):
-    out = subprocess.run([sys.executable, "-m", "imgcls", "train", "--data", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "imgcls", "train", "--data", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 2
     assert "error: no class folders" in out.stderr and "Traceback" not in out.stderr
 
 
 def test_csv_dataset_trains_and_evaluates(csv_manifest: Path, tmp_path: Path, capsys):
     run = tmp_path / "csvrun"
-    assert cli.main(["train", "--data", str(csv_manifest), "--model", "tutorial-cnn", "--out", str(run), *TINY]) == 0
+    assert (
+        cli.main(["train", "--data", str(csv_manifest), "--model", "tutorial-cnn", "--out", str(run), *TINY])
+        == 0
+    )
     assert cli.main(["eval", str(run), "--json"]) == 0
     result = json.loads(capsys.readouterr().out.splitlines()[-1])
     assert result["num_samples"] == 3 and set(result["per_class"]) == set(CLASSES)

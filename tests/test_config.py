@@ -21,9 +21,16 @@ def test_yaml_then_overrides_take_precedence(tmp_path: Path):
 
 
 def test_override_strings_are_typed():
-    parsed = config.parse_overrides(["optim.lr=1e-3", "train.amp=off", "data.image_size=null", "log.tensorboard=true"])
+    parsed = config.parse_overrides(
+        ["optim.lr=1e-3", "train.amp=off", "data.image_size=null", "log.tensorboard=true"]
+    )
     cfg = config.load(None, parsed)
-    assert cfg.optim.lr == 0.001 and cfg.train.amp == "off" and cfg.data.image_size is None and cfg.log.tensorboard is True
+    assert (
+        cfg.optim.lr == 0.001
+        and cfg.train.amp == "off"
+        and cfg.data.image_size is None
+        and cfg.log.tensorboard is True
+    )
 
 
 @pytest.mark.parametrize(

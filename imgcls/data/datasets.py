@@ -92,7 +92,9 @@ def open_dataset(cfg: DataConfig) -> DataBundle:
             try:
                 DATASETS.get(name)
             except RegistryError as e:
-                raise DataError(f"data {name!r} is neither an existing folder/CSV nor a built-in: {e}") from None
+                raise DataError(
+                    f"data {name!r} is neither an existing folder/CSV nor a built-in: {e}"
+                ) from None
     return carve_splits(bundle, cfg)
 
 
@@ -192,14 +194,23 @@ def digits() -> DataBundle:
     full = Split(labels, images)
     keep, take = stratified_split(labels, 0.2, seed=2)
     classes = [str(c) for c in d.target_names]
-    return DataBundle("digits", classes, full.subset(keep), test=full.subset(take), channels=1, image_size=8, flip_ok=False)
+    return DataBundle(
+        "digits", classes, full.subset(keep), test=full.subset(take), channels=1, image_size=8, flip_ok=False
+    )
 
 
 def _stage_system_fashion_mnist() -> None:
     """Unpacks the Debian package's IDX files into the cache where torchvision looks for them."""
     raw = data_root() / "FashionMNIST" / "raw"
-    names = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
-    if all((raw / n).exists() for n in names) or not all((SYSTEM_FASHION_MNIST / f"{n}.gz").exists() for n in names):
+    names = [
+        "train-images-idx3-ubyte",
+        "train-labels-idx1-ubyte",
+        "t10k-images-idx3-ubyte",
+        "t10k-labels-idx1-ubyte",
+    ]
+    if all((raw / n).exists() for n in names) or not all(
+        (SYSTEM_FASHION_MNIST / f"{n}.gz").exists() for n in names
+    ):
         return
     raw.mkdir(parents=True, exist_ok=True)
     for n in names:

@@ -54,7 +54,9 @@ def open_image(source: str | Path | bytes, channels: int) -> Image.Image:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(raw)) as im:
                 if im.width * im.height > MAX_PIXELS:
-                    raise ImageDecodeError(name, f"decompression bomb refused ({im.width}x{im.height} pixels)")
+                    raise ImageDecodeError(
+                        name, f"decompression bomb refused ({im.width}x{im.height} pixels)"
+                    )
                 im.load()
                 im = ImageOps.exif_transpose(im)
                 return to_channels(im, channels)

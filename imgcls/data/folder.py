@@ -13,7 +13,11 @@ from imgcls.data.datasets import DataBundle, DataError, Split
 from imgcls.data.decode import IMAGE_EXTENSIONS
 
 log = logging.getLogger("imgcls")
-SPLIT_DIRS = {"train": ("train", "training"), "val": ("val", "valid", "validation"), "test": ("test", "testing")}
+SPLIT_DIRS = {
+    "train": ("train", "training"),
+    "val": ("val", "valid", "validation"),
+    "test": ("test", "testing"),
+}
 PATH_COLUMNS = ("path", "file", "filename", "image", "filepath")
 LABEL_COLUMNS = ("label", "class", "target", "category")
 
@@ -25,7 +29,9 @@ def from_folder(root: Path, cfg: DataConfig) -> DataBundle:
     missing class never shifts another class's index.
     """
     subdirs = {p.name.lower(): p for p in _visible_dirs(root)}
-    split_dirs = {s: next((subdirs[n] for n in names if n in subdirs), None) for s, names in SPLIT_DIRS.items()}
+    split_dirs = {
+        s: next((subdirs[n] for n in names if n in subdirs), None) for s, names in SPLIT_DIRS.items()
+    }
     skipped: list[tuple[str, str]] = []
     if split_dirs["train"] is None:
         if split_dirs["val"] or split_dirs["test"]:
@@ -36,7 +42,9 @@ def from_folder(root: Path, cfg: DataConfig) -> DataBundle:
     else:
         classes = _class_names(split_dirs["train"])
         splits = {s: _scan(d, classes, skipped) for s, d in split_dirs.items() if d is not None}
-        bundle = DataBundle(str(root), classes, splits["train"], splits.get("val"), splits.get("test"), skipped=skipped)
+        bundle = DataBundle(
+            str(root), classes, splits["train"], splits.get("val"), splits.get("test"), skipped=skipped
+        )
     _warn_empty_classes(bundle)
     return bundle
 
@@ -64,10 +72,20 @@ def from_csv(path: Path, cfg: DataConfig) -> DataBundle:
         labels = torch.tensor([index[label] for _, label in items], dtype=torch.long)
         splits[split] = Split(labels, paths=[f for f, _ in items])
     single = "val" not in splits and "test" not in splits
-    return DataBundle(str(path), classes, splits["train"], splits.get("val"), splits.get("test"), skipped=skipped, single_tree=single)
+    return DataBundle(
+        str(path),
+        classes,
+        splits["train"],
+        splits.get("val"),
+        splits.get("test"),
+        skipped=skipped,
+        single_tree=single,
+    )
 
 
-def _read_manifest(path: Path, base: Path, strict: bool) -> tuple[list[tuple[Path, str, str]], list[tuple[str, str]]]:
+def _read_manifest(
+    path: Path, base: Path, strict: bool
+) -> tuple[list[tuple[Path, str, str]], list[tuple[str, str]]]:
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
             lines = list(csv.reader(f))
@@ -152,8 +170,7 @@ def _scan(root: Path, classes: list[str], skipped: list[tuple[str, str]]) -> Spl
         if class_dir.name not in index:
             if any(p.suffix.lower() in IMAGE_EXTENSIONS for p in files):
                 raise DataError(
-                    f"{class_dir} is a class the training split lacks; "
-                    f"known classes: {', '.join(classes)}"
+                    f"{class_dir} is a class the training split lacks; known classes: {', '.join(classes)}"
                 )
             continue
         for p in files:
@@ -169,4 +186,6 @@ def _warn_empty_classes(bundle: DataBundle) -> None:
     counts = torch.bincount(bundle.train.labels, minlength=len(bundle.classes))
     empty = [c for c, n in zip(bundle.classes, counts.tolist()) if n == 0]
     if empty:
-        log.warning("class folder(s) with no training images: %s (kept, so indices stay stable)", ", ".join(empty))
+        log.warning(
+            "class folder(s) with no training images: %s (kept, so indices stay stable)", ", ".join(empty)
+        )

@@ -102,10 +102,21 @@ def build_loader(
     use_flip = aug_mode == "crop-flip"
     if split.images is not None and cfg.cache != "off":
         augment = BatchAugment(size, use_flip) if train and aug_mode != "none" else None
-        return MemoryLoader(split.images, split.labels, batch, device=device, shuffle=train, augment=augment, drop_last=train, seed=seed)
+        return MemoryLoader(
+            split.images,
+            split.labels,
+            batch,
+            device=device,
+            shuffle=train,
+            augment=augment,
+            drop_last=train,
+            seed=seed,
+        )
     transform = train_augment(size, use_flip) if train and aug_mode != "none" else None
     dataset = StreamDataset(split, size, channels, transform)
-    return StreamLoader(dataset, batch, device=device, shuffle=train, drop_last=train, seed=seed, workers=_workers(cfg, split))
+    return StreamLoader(
+        dataset, batch, device=device, shuffle=train, drop_last=train, seed=seed, workers=_workers(cfg, split)
+    )
 
 
 class StreamDataset(torch.utils.data.Dataset):
@@ -154,7 +165,10 @@ class StreamLoader:
         self.generator.manual_seed(self.seed * 1_000_003 + self.epoch)
         for images, labels in self.loader:
             if len(labels):
-                yield to_float(images.to(self.device, non_blocking=True)), labels.to(self.device, non_blocking=True)
+                yield (
+                    to_float(images.to(self.device, non_blocking=True)),
+                    labels.to(self.device, non_blocking=True),
+                )
 
 
 def _collate_present(items: list) -> tuple[torch.Tensor, torch.Tensor]:
@@ -173,7 +187,9 @@ def _adapt(images: torch.Tensor, size: int, channels: int) -> torch.Tensor:
             w = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
             images = (images.float() * w).sum(1, keepdim=True).round().clamp(0, 255).to(torch.uint8)
     if images.shape[-1] != size or images.shape[-2] != size:
-        images = F.interpolate(images.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        images = F.interpolate(
+            images.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False
+        )
         images = images.round().clamp(0, 255).to(torch.uint8)
     return images.contiguous()
 

@@ -110,5 +110,9 @@ def decode_files(
         results = list(pool.map(load, paths, chunksize=64))
     ok = [i for i, r in enumerate(results) if isinstance(r, torch.Tensor)]
     failed = [(str(paths[i]), r) for i, r in enumerate(results) if isinstance(r, str)]
-    images = torch.stack([results[i] for i in ok]) if ok else torch.zeros(0, channels, size, size, dtype=torch.uint8)
+    images = (
+        torch.stack([results[i] for i in ok])
+        if ok
+        else torch.zeros(0, channels, size, size, dtype=torch.uint8)
+    )
     return images, torch.tensor(ok, dtype=torch.long), failed

@@ -56,7 +56,9 @@ class TensorBoardLogger:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
-            raise RuntimeError("log.tensorboard=true needs TensorBoard: pip install 'imgcls[tensorboard]'") from None
+            raise RuntimeError(
+                "log.tensorboard=true needs TensorBoard: pip install 'imgcls[tensorboard]'"
+            ) from None
         self.writer = SummaryWriter(str(log_dir))
 
     def on_eval_end(self, state, metrics: dict[str, float]) -> None:
@@ -91,14 +93,18 @@ class ProgressLogger:
     def on_epoch_start(self, epoch: int, num_steps: int) -> None:
         self.start = self.last = time.perf_counter()
         if self.progress:
-            self.task = self.progress.add_task("", total=num_steps, epoch=f"{epoch + 1}/{self.epochs}", stats="")
+            self.task = self.progress.add_task(
+                "", total=num_steps, epoch=f"{epoch + 1}/{self.epochs}", stats=""
+            )
 
     def on_step_end(self, loss_sum, correct, seen: int) -> None:
         if not self.progress:
             return
         now = time.perf_counter()
         stats = None
-        if now - self.last >= self.refresh_s:  # reading the running sums syncs the device: only twice a second
+        if (
+            now - self.last >= self.refresh_s
+        ):  # reading the running sums syncs the device: only twice a second
             self.last = now
             stats = f"loss {float(loss_sum) / seen:.4f}  acc {float(correct) / seen:.4f}  {seen / (now - self.start):,.0f} img/s"
         self.progress.update(self.task, advance=1, **({"stats": stats} if stats else {}))

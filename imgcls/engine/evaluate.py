@@ -41,8 +41,11 @@ def predict_logits(
     return torch.cat(all_logits).cpu(), torch.cat(all_labels).cpu()
 
 
-def loss_and_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
+def loss_and_accuracy(
+    logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0
+) -> tuple[float, float]:
+    """Mean loss (with the training run's label smoothing, so curves compare) and accuracy."""
     if not len(labels):
         return float("nan"), float("nan")
-    loss = F.cross_entropy(logits, labels).item()
+    loss = F.cross_entropy(logits, labels, label_smoothing=label_smoothing).item()
     return loss, (logits.argmax(1) == labels).float().mean().item()

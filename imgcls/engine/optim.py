@@ -18,7 +18,9 @@ from imgcls.models import Classifier
 def build_optimizer(model: Classifier, cfg: OptimConfig) -> torch.optim.Optimizer:
     groups = model.param_groups(cfg.weight_decay)
     if cfg.name == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0, foreach=True)
+        return torch.optim.SGD(
+            groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0, foreach=True
+        )
     return torch.optim.AdamW(groups, lr=cfg.lr, foreach=True)
 
 

@@ -56,7 +56,10 @@ class TrainState:
             "best_metric": self.best_metric,
             "best_epoch": self.best_epoch,
             "history": self.history,
-            "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            },
             "meta": self.model.meta.to_dict(),
             "config": config,
             "provenance": {"git": git_sha(), **versions()},
@@ -75,7 +78,9 @@ class TrainState:
             self.scheduler.load_state_dict(ckpt["scheduler"])
             self.scaler.load_state_dict(ckpt["scaler"])
         except (RuntimeError, ValueError, KeyError) as e:
-            raise CheckpointError(f"{path} does not fit this model/optimizer: {(str(e).splitlines() or [''])[0]}") from None
+            raise CheckpointError(
+                f"{path} does not fit this model/optimizer: {(str(e).splitlines() or [''])[0]}"
+            ) from None
         self.epoch, self.step = int(ckpt["epoch"]), int(ckpt["step"])
         self.best_metric, self.best_epoch = float(ckpt["best_metric"]), int(ckpt["best_epoch"])
         self.history = list(ckpt.get("history", []))
@@ -93,7 +98,9 @@ def read_state(path: str | Path) -> dict[str, Any]:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle/zip errors come in many types; all mean "not a usable checkpoint"
         detail = (str(e).strip().splitlines() or [""])[0][:200]
-        raise CheckpointError(f"{path} is not a readable imgcls checkpoint ({type(e).__name__}: {detail})") from None
+        raise CheckpointError(
+            f"{path} is not a readable imgcls checkpoint ({type(e).__name__}: {detail})"
+        ) from None
     if not isinstance(ckpt, dict) or not {"model", "optimizer", "epoch", "meta"} <= ckpt.keys():
         raise CheckpointError(f"{path} is not an imgcls training state")
     return ckpt
@@ -128,11 +135,22 @@ def load_weights(model: Classifier, path: str | Path) -> None:
     own = model.state_dict()
     missing = [k for k in own if k not in tensors]
     unexpected = [k for k in tensors if k not in own]
-    wrong = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in tensors.items() if k in own and own[k].shape != v.shape]
+    wrong = [
+        f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}"
+        for k, v in tensors.items()
+        if k in own and own[k].shape != v.shape
+    ]
     if missing or unexpected or wrong:
         raise CheckpointError(
             f"{path} does not fit {model.meta.name or 'this model'}: "
-            + "; ".join(f"{what}: {', '.join(keys[:3])}" for what, keys in
-                        (("missing", missing), ("unexpected", unexpected), ("shape mismatch", wrong)) if keys)
+            + "; ".join(
+                f"{what}: {', '.join(keys[:3])}"
+                for what, keys in (
+                    ("missing", missing),
+                    ("unexpected", unexpected),
+                    ("shape mismatch", wrong),
+                )
+                if keys
+            )
         )
     model.load_state_dict(tensors)

@@ -93,7 +93,10 @@ def fit(
             "train_img_s": seen / train_time,
         }
         if val_loader is not None:
-            val_loss, val_acc = loss_and_accuracy(*predict_logits(model, val_loader, amp_dtype=amp_dtype, channels_last=channels_last))
+            logits, labels = predict_logits(
+                model, val_loader, amp_dtype=amp_dtype, channels_last=channels_last
+            )
+            val_loss, val_acc = loss_and_accuracy(logits, labels, cfg.train.label_smoothing)
             metrics |= {"val_loss": val_loss, "val_acc": val_acc}
         metrics["time_s"] = time.perf_counter() - start
         state.epoch = epoch + 1
@@ -103,7 +106,9 @@ def fit(
         score = metrics.get("val_acc", float(state.epoch))  # without validation, the last epoch is "best"
         if score > state.best_metric:
             state.best_metric, state.best_epoch = score, state.epoch
-            save_weights(model, run_dir, {"best_epoch": state.best_epoch, "best_val_acc": metrics.get("val_acc")})
+            save_weights(
+                model, run_dir, {"best_epoch": state.best_epoch, "best_val_acc": metrics.get("val_acc")}
+            )
         state.save(run_dir / STATE_FILE, cfg.to_dict())
         call(callbacks, "on_checkpoint", state=state, path=run_dir / STATE_FILE)
         if state.should_stop:

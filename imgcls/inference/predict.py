@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import torch
 from PIL import Image
@@ -17,7 +17,7 @@ from imgcls.models import Classifier, ModelMeta, build_model
 from imgcls.utils.env import select_device
 
 log = logging.getLogger("imgcls")
-ImageInput = Union[str, Path, Image.Image, torch.Tensor]
+ImageInput = str | Path | Image.Image | torch.Tensor
 
 
 class Predictor:
@@ -39,7 +39,13 @@ class Predictor:
     def from_run(cls, run_dir: str | Path, device: str = "auto") -> Predictor:
         run_dir = Path(run_dir)
         meta = read_meta(run_dir)
-        model = build_model(meta.name, num_classes=meta.num_classes, in_chans=meta.in_chans, input_size=meta.input_size, drop_rate=meta.drop_rate)
+        model = build_model(
+            meta.name,
+            num_classes=meta.num_classes,
+            in_chans=meta.in_chans,
+            input_size=meta.input_size,
+            drop_rate=meta.drop_rate,
+        )
         model.set_normalization(meta.mean, meta.std)
         load_weights(model, run_dir / WEIGHTS_FILE)
         model.meta.classes = list(meta.classes)
@@ -60,14 +66,18 @@ class Predictor:
         raise TypeError(f"cannot predict on {type(item).__name__}; pass paths, PIL images or tensors")
 
     @torch.inference_mode()
-    def predict(self, images: ImageInput | Sequence[ImageInput], top_k: int = 5, batch_size: int = 256) -> list[dict[str, Any]]:
+    def predict(
+        self, images: ImageInput | Sequence[ImageInput], top_k: int = 5, batch_size: int = 256
+    ) -> list[dict[str, Any]]:
         """Top-k classes and probabilities for each image, in input order.
 
         Returns:
             One dict per image: {"label": best class, "probability": its probability,
             "top_k": [{"label": ..., "probability": ...}, ...]}.
         """
-        if isinstance(images, (str, Path, Image.Image)) or (isinstance(images, torch.Tensor) and images.ndim <= 3):
+        if isinstance(images, (str, Path, Image.Image)) or (
+            isinstance(images, torch.Tensor) and images.ndim <= 3
+        ):
             images = [images]
         elif isinstance(images, torch.Tensor):
             images = list(images)
@@ -82,7 +92,9 @@ class Predictor:
                 out.append({"label": top[0]["label"], "probability": top[0]["probability"], "top_k": top})
         return out
 
-    def predict_files(self, paths: Sequence[Path], top_k: int = 5) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
+    def predict_files(
+        self, paths: Sequence[Path], top_k: int = 5
+    ) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
         """Like `predict` for files, skipping unreadable ones; returns (predictions with "path", skipped)."""
         good, skipped = [], []
         for p in paths:
@@ -100,7 +112,9 @@ class Predictor:
         if t.ndim == 2:
             t = t.unsqueeze(0)
         if t.ndim != 3 or t.shape[0] not in (1, 3, 4):
-            raise ValueError(f"expected an image tensor (C, H, W) with 1, 3 or 4 channels, got shape {tuple(t.shape)}")
+            raise ValueError(
+                f"expected an image tensor (C, H, W) with 1, 3 or 4 channels, got shape {tuple(t.shape)}"
+            )
         if t.is_floating_point():
             t = (t.clamp(0, 1) * 255).round().to(torch.uint8)
         t = t[:3].cpu()
@@ -117,7 +131,9 @@ def expand_paths(inputs: Iterable[str | Path]) -> tuple[list[Path], list[tuple[s
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            files += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+            files += sorted(
+                p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+            )
         elif path.is_file():
             files.append(path)
         else:

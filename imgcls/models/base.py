@@ -73,7 +73,9 @@ class Classifier(nn.Module):
         self.arch_size = arch_size if arch_size and arch_size != input_size else None
         default_mean = IMAGENET_MEAN if in_chans == 3 else (sum(IMAGENET_MEAN) / 3,)
         default_std = IMAGENET_STD if in_chans == 3 else (sum(IMAGENET_STD) / 3,)
-        self.meta = ModelMeta("", num_classes, in_chans, input_size, mean=default_mean, std=default_std, drop_rate=drop_rate)
+        self.meta = ModelMeta(
+            "", num_classes, in_chans, input_size, mean=default_mean, std=default_std, drop_rate=drop_rate
+        )
         self.register_buffer("mean", torch.tensor(default_mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(default_std).view(1, -1, 1, 1), persistent=False)
 
@@ -127,7 +129,14 @@ def build_model(
     import imgcls.models  # noqa: F401  (registers the builders)
 
     size = input_size or default_input_size(name)
-    model = MODELS.build(name, num_classes=num_classes, in_chans=in_chans, input_size=size, pretrained=pretrained, drop_rate=drop_rate)
+    model = MODELS.build(
+        name,
+        num_classes=num_classes,
+        in_chans=in_chans,
+        input_size=size,
+        pretrained=pretrained,
+        drop_rate=drop_rate,
+    )
     model.meta.name = name
     return model
 
@@ -141,7 +150,7 @@ def default_input_size(name: str) -> int:
 
 def adapt_first_conv(module: nn.Module, in_chans: int) -> None:
     """Rebuilds the first Conv2d for `in_chans` inputs; pretrained RGB filters are summed for grayscale."""
-    for path, conv in module.named_modules():
+    for path, conv in module.named_modules():  # noqa: B007  (path is used after the loop)
         if isinstance(conv, nn.Conv2d):
             break
     else:

@@ -17,7 +17,14 @@ def _default_size(size: int):
 
 @MODELS.register("tutorial-cnn")
 @_default_size(32)
-def tutorial_cnn(*, num_classes: int, in_chans: int = 3, input_size: int = 32, pretrained: bool = False, drop_rate: float = 0.0) -> Classifier:
+def tutorial_cnn(
+    *,
+    num_classes: int,
+    in_chans: int = 3,
+    input_size: int = 32,
+    pretrained: bool = False,
+    drop_rate: float = 0.0,
+) -> Classifier:
     """The seed posts' two-conv CNN (conv16-pool-conv32-pool-linear), for any channels and size."""
     _no_pretrained("tutorial-cnn", pretrained)
     backbone = nn.Sequential(
@@ -26,7 +33,14 @@ def tutorial_cnn(*, num_classes: int, in_chans: int = 3, input_size: int = 32, p
         nn.Flatten(),
     )  # fmt: skip
     side = input_size // 4
-    return Classifier(backbone, 32 * side * side, num_classes=num_classes, in_chans=in_chans, input_size=input_size, drop_rate=drop_rate)
+    return Classifier(
+        backbone,
+        32 * side * side,
+        num_classes=num_classes,
+        in_chans=in_chans,
+        input_size=input_size,
+        drop_rate=drop_rate,
+    )
 
 
 def _conv_bn(c_in: int, c_out: int) -> list[nn.Module]:
@@ -36,12 +50,21 @@ def _conv_bn(c_in: int, c_out: int) -> list[nn.Module]:
 def _group(c_in: int, c_out: int) -> nn.Sequential:
     # airbench's ConvGroup: conv, pool (cheap downsampling before the second conv), conv.
     conv1 = nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)
-    return nn.Sequential(conv1, nn.MaxPool2d(2, ceil_mode=True), nn.BatchNorm2d(c_out), nn.GELU(), *_conv_bn(c_out, c_out))
+    return nn.Sequential(
+        conv1, nn.MaxPool2d(2, ceil_mode=True), nn.BatchNorm2d(c_out), nn.GELU(), *_conv_bn(c_out, c_out)
+    )
 
 
 @MODELS.register("smallnet")
 @_default_size(32)
-def smallnet(*, num_classes: int, in_chans: int = 3, input_size: int = 32, pretrained: bool = False, drop_rate: float = 0.0) -> Classifier:
+def smallnet(
+    *,
+    num_classes: int,
+    in_chans: int = 3,
+    input_size: int = 32,
+    pretrained: bool = False,
+    drop_rate: float = 0.0,
+) -> Classifier:
     """The default: an airbench-style conv-BN-GELU net that keeps full resolution in its stem.
 
     A 3x3 stem at full size, then three groups that each halve the size (28 -> 14 -> 7 -> 4),
@@ -55,11 +78,20 @@ def smallnet(*, num_classes: int, in_chans: int = 3, input_size: int = 32, pretr
         _group(widths[0], widths[1]), _group(widths[1], widths[2]), _group(widths[2], widths[3]),
         nn.AdaptiveMaxPool2d(1), nn.Flatten(),
     )  # fmt: skip
-    return Classifier(backbone, widths[-1], num_classes=num_classes, in_chans=in_chans, input_size=input_size, drop_rate=drop_rate)
+    return Classifier(
+        backbone,
+        widths[-1],
+        num_classes=num_classes,
+        in_chans=in_chans,
+        input_size=input_size,
+        drop_rate=drop_rate,
+    )
 
 
 def _no_pretrained(name: str, pretrained: bool) -> None:
     if pretrained:
         from imgcls.models.base import ModelError
 
-        raise ModelError(f"{name} has no pretrained weights; drop --pretrained or pick a zoo model (imgcls models)")
+        raise ModelError(
+            f"{name} has no pretrained weights; drop --pretrained or pick a zoo model (imgcls models)"
+        )

@@ -32,7 +32,14 @@ TIMM_MIN_SIZE = 32
 
 
 def _torchvision_builder(arch: str, head_path: str, min_size: int) -> Callable[..., Classifier]:
-    def build(*, num_classes: int, in_chans: int = 3, input_size: int = 224, pretrained: bool = False, drop_rate: float = 0.0) -> Classifier:
+    def build(
+        *,
+        num_classes: int,
+        in_chans: int = 3,
+        input_size: int = 224,
+        pretrained: bool = False,
+        drop_rate: float = 0.0,
+    ) -> Classifier:
         import torchvision
 
         arch_size, kwargs = max(input_size, min_size), {}
@@ -52,7 +59,15 @@ def _torchvision_builder(arch: str, head_path: str, min_size: int) -> Callable[.
         parent, _, attr = head_path.rpartition(".")
         setattr(net.get_submodule(parent) if parent else net, attr, nn.Identity())
         adapt_first_conv(net, in_chans)
-        model = Classifier(net, num_features, num_classes=num_classes, in_chans=in_chans, input_size=input_size, arch_size=arch_size, drop_rate=drop_rate)
+        model = Classifier(
+            net,
+            num_features,
+            num_classes=num_classes,
+            in_chans=in_chans,
+            input_size=input_size,
+            arch_size=arch_size,
+            drop_rate=drop_rate,
+        )
         if pretrained:
             tf = torchvision.models.get_model_weights(arch).DEFAULT.transforms()
             model.set_normalization(*_for_channels(tuple(tf.mean), tuple(tf.std), in_chans))
@@ -67,7 +82,15 @@ for _name, (_head, _min) in TORCHVISION_MODELS.items():
     MODELS.register(_name)(_torchvision_builder(_name, _head, _min))
 
 
-def timm_model(name: str, *, num_classes: int, in_chans: int = 3, input_size: int = 224, pretrained: bool = False, drop_rate: float = 0.0) -> Classifier:
+def timm_model(
+    name: str,
+    *,
+    num_classes: int,
+    in_chans: int = 3,
+    input_size: int = 224,
+    pretrained: bool = False,
+    drop_rate: float = 0.0,
+) -> Classifier:
     """Any timm model, e.g. `timm/resnet18` or `timm/convnext_nano`."""
     import timm
 
@@ -82,8 +105,18 @@ def timm_model(name: str, *, num_classes: int, in_chans: int = 3, input_size: in
         except TypeError:
             net = timm.create_model(name, **kwargs)
     except (OSError, RuntimeError) as e:
-        raise ModelError(f"could not create timm/{name}{' with pretrained weights' if pretrained else ''}: {e}") from None
-    model = Classifier(net, net.num_features, num_classes=num_classes, in_chans=in_chans, input_size=input_size, arch_size=arch_size, drop_rate=drop_rate)
+        raise ModelError(
+            f"could not create timm/{name}{' with pretrained weights' if pretrained else ''}: {e}"
+        ) from None
+    model = Classifier(
+        net,
+        net.num_features,
+        num_classes=num_classes,
+        in_chans=in_chans,
+        input_size=input_size,
+        arch_size=arch_size,
+        drop_rate=drop_rate,
+    )
     if pretrained:
         cfg = net.pretrained_cfg
         model.set_normalization(*_for_channels(tuple(cfg["mean"]), tuple(cfg["std"]), in_chans))

@@ -20,7 +20,17 @@ def test_tiny_run_improves_and_writes_the_run_folder(tmp_path: Path):
     assert history[-1]["train_loss"] < history[0]["train_loss"]
     assert history[-1]["val_acc"] > 0.8 and result.test["accuracy"] > 0.8
     files = {p.name for p in result.run_dir.iterdir()}
-    expected = {"config.yaml", "metrics.csv", "model.safetensors", "model.json", "state.pt", "curves.png", "confusion_matrix.png", "eval.json", "report.md"}
+    expected = {
+        "config.yaml",
+        "metrics.csv",
+        "model.safetensors",
+        "model.json",
+        "state.pt",
+        "curves.png",
+        "confusion_matrix.png",
+        "eval.json",
+        "report.md",
+    }
     assert expected <= files
     assert len((result.run_dir / "metrics.csv").read_text().strip().splitlines()) == 7  # header + 6 epochs
     assert not [p for p in result.run_dir.iterdir() if p.name.endswith(".tmp")]
@@ -67,5 +77,11 @@ def test_schedules_warm_up_and_stay_positive(schedule):
 
 def test_tensorboard_logging(tmp_path: Path):
     pytest.importorskip("tensorboard")
-    imgcls.train(data="digits", model="tutorial-cnn", epochs=1, out=tmp_path / "r", overrides={**FAST, "log.tensorboard": True})
+    imgcls.train(
+        data="digits",
+        model="tutorial-cnn",
+        epochs=1,
+        out=tmp_path / "r",
+        overrides={**FAST, "log.tensorboard": True},
+    )
     assert list((tmp_path / "r" / "tensorboard").glob("events.out.tfevents.*"))

@@ -14,7 +14,13 @@ from imgcls.data.decode import ImageDecodeError
 @pytest.fixture(scope="module")
 def digits_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("pred") / "run"
-    imgcls.train(data="digits", model="tutorial-cnn", epochs=3, out=out, overrides={"train.amp": "off", "log.progress": False, "optim.lr": 0.05, "data.batch_size": 64})
+    imgcls.train(
+        data="digits",
+        model="tutorial-cnn",
+        epochs=3,
+        out=out,
+        overrides={"train.amp": "off", "log.progress": False, "optim.lr": 0.05, "data.batch_size": 64},
+    )
     return out
 
 

@@ -1,0 +1,68 @@
+"""End to end on real data (Fashion-MNIST from the Debian package).
+
+The quick check runs in CI (one epoch, ~20 s). The acceptance runs of the foundation issue are marked
+slow (minutes): `make test-slow` or `pytest -m slow`.
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from imgcls.data import datasets
+
+REPO = Path(__file__).resolve().parents[1]
+needs_fmnist = pytest.mark.skipif(
+    not (datasets.SYSTEM_FASHION_MNIST / "train-images-idx3-ubyte.gz").exists(),
+    reason="Debian package dataset-fashion-mnist not installed (make setup installs it where apt works)",
+)
+
+
+def run_cli(*args: str, timeout: int = 1800) -> subprocess.CompletedProcess:
+    out = subprocess.run(
+        [sys.executable, "-m", "imgcls", *args], capture_output=True, text=True, timeout=timeout, cwd=REPO
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out
+
+
+@needs_fmnist
+def test_fashion_mnist_one_epoch_through_the_cli(tmp_path: Path):
+    run = tmp_path / "run"
+    run_cli(
+        "train", "--model", "tutorial-cnn", "--epochs", "1", "--out", str(run), "--set", "log.progress=false"
+    )
+    result = json.loads(run_cli("eval", str(run), "--json").stdout)
+    assert result["num_samples"] == 10000 and result["accuracy"] > 0.84
+    assert set(result["per_class"]) == {
+        "T-shirt/top",
+        "Trouser",
+        "Pullover",
+        "Dress",
+        "Coat",
+        "Sandal",
+        "Shirt",
+        "Sneaker",
+        "Bag",
+        "Ankle boot",
+    }
+    pred = json.loads(
+        run_cli("predict", str(run), str(REPO / "tests" / "assets"), "--json").stdout.splitlines()[0]
+    )
+    assert pred["label"] in result["per_class"]
+
+
+@pytest.mark.slow
+@needs_fmnist
+def test_tutorial_recipe_reaches_90_percent(tmp_path: Path):
+    run_cli("train", "--config", str(REPO / "configs" / "tutorial.yaml"), "--out", str(tmp_path / "run"))
+    assert json.loads((tmp_path / "run" / "eval.json").read_text())["accuracy"] >= 0.90
+
+
+@pytest.mark.slow
+@needs_fmnist
+def test_default_train_reaches_92_percent(tmp_path: Path):
+    run_cli("train", "--out", str(tmp_path / "run"))
+    assert json.loads((tmp_path / "run" / "eval.json").read_text())["accuracy"] >= 0.92
