@@ -114,7 +114,11 @@ def train(
     loggers: list[Any] = [ProgressLogger(cfg.log.progress), CSVLogger(run_dir / "metrics.csv")]
     if cfg.log.tensorboard:
         loggers.append(TensorBoardLogger(run_dir / "tensorboard"))
-    state = fit(cfg, state, train_loader, val_loader, run_dir, [*loggers, *callbacks])
+    try:
+        state = fit(cfg, state, train_loader, val_loader, run_dir, [*loggers, *callbacks])
+    except KeyboardInterrupt:
+        log.warning("interrupted after epoch %d; continue with: imgcls train --resume %s", state.epoch, run_dir)
+        raise
     if state.history:
         plot_curves(state.history, run_dir / "curves.png")
 

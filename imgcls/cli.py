@@ -100,6 +100,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise ConfigError("--resume continues a run with its own config.yaml and folder; drop --config/--out")
     result = api.train(config=args.config, resume=args.resume, overrides=overrides, **shorthands)
     if result.test:
+        from imgcls.report import print_table
+
+        print_table(result.test, f"{result.run_dir.name}: test split")
         print(f"test accuracy {result.test['accuracy']:.4f}  run folder: {result.run_dir}")
     else:
         print(f"run folder: {result.run_dir}")
@@ -191,8 +194,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except KeyboardInterrupt:
-        hint = f"; continue with: imgcls train --resume {args.out}" if getattr(args, "out", None) else ""
-        print(f"interrupted{hint}", file=sys.stderr)
         return 130
     except (ConfigError, RegistryError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -38,11 +38,10 @@ def folder_run(tmp_path_factory) -> tuple[Path, Path]:
     return root / "data", run
 
 
-def test_console_script_and_module_entry_points(tmp_path: Path):
-    for cmd in (["imgcls"], [sys.executable, "-m", "imgcls"]):
-        exe = Path(sys.executable).parent / "imgcls" if cmd == ["imgcls"] else None
-        full = [str(exe)] if exe else cmd
-        out = subprocess.run([*full, "models", "resnet*"], capture_output=True, text=True, timeout=120)
+def test_console_script_and_module_entry_points():
+    console_script = str(Path(sys.executable).parent / "imgcls")
+    for cmd in ([console_script], [sys.executable, "-m", "imgcls"]):
+        out = subprocess.run([*cmd, "models", "resnet*"], capture_output=True, text=True, timeout=120)
         assert out.returncode == 0, out.stderr
         assert out.stdout.split() == ["resnet18", "resnet34", "resnet50"]
 
