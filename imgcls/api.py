@@ -18,7 +18,7 @@ from imgcls.data.loader import build_loader, prepare, resolve_channels
 from imgcls.engine.callbacks import CSVLogger, ProgressLogger, TensorBoardLogger
 from imgcls.engine.evaluate import predict_logits
 from imgcls.engine.state import STATE_FILE, WEIGHTS_FILE, CheckpointError, load_weights
-from imgcls.engine.train import fit, new_state
+from imgcls.engine.train import Plan, fit, new_state
 from imgcls.inference.predict import Predictor
 from imgcls.metrics import classification_report
 from imgcls.models import Classifier, build_model, default_input_size
@@ -107,7 +107,8 @@ def train(
     }
     train_loader = build_loader(bundle.train, cfg.data, train=True, **loader_args)
     val_loader = build_loader(bundle.val, cfg.data, train=False, **loader_args) if bundle.val else None
-    state = new_state(model, cfg, len(train_loader))
+    state = new_state(model, cfg, timed=cfg.train.time is not None)
+    plan = _plan(cfg, start, model, len(train_loader), [s for s in (bundle.val, bundle.test) if s is not None])
     if resume is not None:
         state.load(run_dir / STATE_FILE)
         log.info("resumed %s after epoch %d of %d", run_dir, state.epoch, cfg.train.epochs)
@@ -115,7 +116,7 @@ def train(
     if cfg.log.tensorboard:
         loggers.append(TensorBoardLogger(run_dir / "tensorboard"))
     try:
-        state = fit(cfg, state, train_loader, val_loader, run_dir, [*loggers, *callbacks])
+        state = fit(cfg, state, plan, train_loader, val_loader, run_dir, [*loggers, *callbacks])
     except KeyboardInterrupt:
         log.warning("interrupted after epoch %d; continue with: imgcls train --resume %s", state.epoch, run_dir)
         raise
@@ -183,6 +184,39 @@ def _setup(cfg: Config) -> torch.device:
     return device
 
 
+def _plan(cfg: Config, start: float, model: Classifier, steps_per_epoch: int, eval_splits: list[Split]) -> Plan:
+    """Epochs, or the seconds of training a time budget leaves after set-up and the final evaluation."""
+    if cfg.train.time is None:
+        return Plan(cfg.train.epochs, steps_per_epoch)
+    budget = config_lib.parse_duration(cfg.train.time)
+    reserve = estimate_eval_seconds(model, sum(len(s) for s in eval_splits), cfg) + FINISH_SECONDS
+    left = budget - (time.perf_counter() - start) - reserve
+    if left <= 0:
+        raise config_lib.ConfigError(
+            f"train.time={cfg.train.time} leaves no time to train: set-up took {time.perf_counter() - start:.1f}s "
+            f"and the final evaluation needs about {reserve:.1f}s"
+        )
+    log.info("time budget %s: %.1fs of training, %.1fs kept for evaluation", cfg.train.time, left, reserve)
+    return Plan(cfg.train.epochs, steps_per_epoch, budget_s=left)
+
+
+def estimate_eval_seconds(model: Classifier, num_images: int, cfg: Config) -> float:
+    """Times a forward pass of one evaluation batch (it also warms up the kernels) and scales it up."""
+    if not num_images:
+        return 0.0
+    device = next(model.parameters()).device
+    n = min(num_images, cfg.data.eval_batch_size, 512)
+    x = torch.rand(n, model.meta.in_chans, model.meta.input_size, model.meta.input_size, device=device)
+    if cfg.train.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    fake = [(x, torch.zeros(n, dtype=torch.long, device=device))]
+    amp_dtype = autocast_dtype(device, cfg.train.amp)
+    predict_logits(model, fake, amp_dtype=amp_dtype, channels_last=False)  # warm-up
+    t = time.perf_counter()
+    predict_logits(model, fake, amp_dtype=amp_dtype, channels_last=False)
+    return (time.perf_counter() - t) * num_images / n * 1.3
+
+
 def _load_data(cfg: DataConfig, model_name: str) -> tuple[DataBundle, int, int]:
     bundle = open_dataset(cfg)
     channels = resolve_channels(bundle, cfg)
@@ -194,6 +228,7 @@ def _new_model(cfg: Config, bundle: DataBundle, size: int, channels: int) -> Cla
     model = build_model(cfg.model.name, num_classes=len(bundle.classes), in_chans=channels, input_size=size,
                         pretrained=cfg.model.pretrained, drop_rate=cfg.model.drop_rate)  # fmt: skip
     model.meta.classes = list(bundle.classes)
+    model.meta.tta = cfg.train.tta if cfg.train.tta != "auto" else ("flip" if bundle.flip_ok else "off")
     if not cfg.model.pretrained and bundle.train.images is not None:
         model.set_normalization(*_channel_stats(bundle.train.images))
     return model

@@ -79,6 +79,7 @@ class OptimConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 10
+    time: str | None = None  # a time budget for the whole run ("90s", "5m", "1h"); replaces epochs
     label_smoothing: float = 0.1
     amp: Literal["auto", "bf16", "fp16", "off"] = "auto"  # auto: bf16 where the device supports it
     channels_last: bool = True
@@ -86,9 +87,12 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto, cpu, cuda, cuda:1, mps
     threads: int | None = None  # CPU threads; None: all cores
+    tta: Literal["auto", "flip", "off"] = "auto"  # evaluate on image + mirror; auto: where flips keep labels
 
     def validate(self) -> None:
         _check(self.epochs >= 1, "train.epochs", "must be >= 1")
+        if self.time is not None:
+            parse_duration(self.time)
         _check(0 <= self.label_smoothing < 1, "train.label_smoothing", "must be in [0, 1)")
         _check(self.grad_clip >= 0, "train.grad_clip", "must be >= 0")
         _check(self.threads is None or self.threads >= 1, "train.threads", "must be >= 1")
@@ -170,6 +174,25 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
 
 def save(cfg: Config, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in "90", "90s", "5m", "1.5h".
+
+    Example:
+        >>> parse_duration("5m")
+        300.0
+    """
+    raw = str(text).strip().lower()
+    scale = {"s": 1, "m": 60, "h": 3600}.get(raw[-1:], None)
+    number = raw[:-1] if scale else raw
+    try:
+        seconds = float(number) * (scale or 1)
+    except ValueError:
+        raise ConfigError(f"train.time must look like 90s, 5m or 1h, not {text!r}") from None
+    if not seconds > 0:
+        raise ConfigError(f"train.time must be positive, not {text!r}")
+    return seconds
 
 
 def _check(ok: bool, key: str, msg: str) -> None:

@@ -79,8 +79,8 @@ class ProgressLogger:
         self.refresh_s = refresh_s
         self.progress = None
 
-    def on_fit_start(self, epochs: int) -> None:
-        self.epochs = epochs
+    def on_fit_start(self, epochs: int | None) -> None:
+        self.of = f"/{epochs}" if epochs else ""  # time-budgeted runs have no epoch count
         if self.live:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -112,7 +112,7 @@ class ProgressLogger:
     def on_eval_end(self, metrics: dict[str, float]) -> None:
         if self.progress:
             self.progress.remove_task(self.task)
-        parts = [f"epoch {int(metrics['epoch'])}/{self.epochs}"]
+        parts = [f"epoch {int(metrics['epoch'])}{self.of}"]
         parts += [f"{k} {v:.4f}" for k, v in metrics.items() if k.endswith(("loss", "acc"))]
         parts += [f"{metrics['train_img_s']:,.0f} img/s", f"{metrics['time_s']:.1f}s"]
         log.info("  ".join(parts))

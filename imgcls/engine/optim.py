@@ -24,9 +24,11 @@ def build_optimizer(model: Classifier, cfg: OptimConfig) -> torch.optim.Optimize
     return torch.optim.AdamW(groups, lr=cfg.lr, foreach=True)
 
 
-def lr_factor(cfg: OptimConfig, epochs: int) -> Callable[[float], float]:
-    """Multiplier of the base lr at progress p in [0, 1] of the whole run."""
-    warmup = min(cfg.warmup_epochs / epochs, 0.5) if epochs else 0.0
+def lr_factor(cfg: OptimConfig, epochs: float | None) -> Callable[[float], float]:
+    """Multiplier of the base lr at progress p in [0, 1] of the whole run (epochs None: time-budgeted)."""
+    # Time-budgeted runs do not know their epoch count: warm up over 5% of the run, step every third.
+    warmup = min(cfg.warmup_epochs / epochs, 0.5) if epochs else (0.05 if cfg.warmup_epochs > 0 else 0.0)
+    step_every = cfg.step_epochs / epochs if epochs else 1 / 3
 
     def warm(p: float) -> float | None:
         return (p + 1e-8) / warmup if p < warmup else None
@@ -40,7 +42,7 @@ def lr_factor(cfg: OptimConfig, epochs: int) -> Callable[[float], float]:
 
     def step(p: float) -> float:
         w = warm(p)
-        return w if w is not None else cfg.step_gamma ** int(p * epochs // cfg.step_epochs)
+        return w if w is not None else cfg.step_gamma ** int(p // step_every + 1e-9)
 
     def constant(p: float) -> float:
         w = warm(p)
@@ -49,10 +51,30 @@ def lr_factor(cfg: OptimConfig, epochs: int) -> Callable[[float], float]:
     return {"cosine": cosine, "onecycle": onecycle, "step": step, "constant": constant}[cfg.schedule]
 
 
-def build_scheduler(
-    optimizer: torch.optim.Optimizer, cfg: OptimConfig, epochs: int, steps_per_epoch: int
-) -> torch.optim.lr_scheduler.LambdaLR:
-    """A per-step LambdaLR following `lr_factor` over `epochs * steps_per_epoch` steps."""
-    total = max(1, epochs * steps_per_epoch)
-    factor = lr_factor(cfg, epochs)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: factor(min(step / total, 1.0)))
+class ProgressSchedule:
+    """Sets each group's lr to its base lr times `factor(progress)`, progress being in [0, 1].
+
+    Progress comes from the training loop: steps done / steps planned, or training seconds / time
+    budget. So one schedule serves epoch-planned and time-budgeted runs, and an extended run re-plans.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, factor: Callable[[float], float]) -> None:
+        self.optimizer, self.factor = optimizer, factor
+        self.base_lrs = [group["lr"] for group in optimizer.param_groups]
+        self.set(0.0)
+
+    def set(self, progress: float) -> None:
+        scale = self.factor(min(max(progress, 0.0), 1.0))
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs):
+            group["lr"] = base * scale
+
+    def state_dict(self) -> dict[str, list[float]]:
+        return {"base_lrs": list(self.base_lrs)}
+
+    def load_state_dict(self, state: dict[str, list[float]]) -> None:
+        self.base_lrs = list(state["base_lrs"])
+
+
+def build_schedule(optimizer: torch.optim.Optimizer, cfg: OptimConfig, epochs: float | None) -> ProgressSchedule:
+    """The configured schedule shape; `epochs` (planned or estimated) sizes the warm-up and step intervals."""
+    return ProgressSchedule(optimizer, lr_factor(cfg, epochs))

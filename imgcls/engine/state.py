@@ -17,6 +17,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from imgcls.engine.optim import ProgressSchedule
 from imgcls.models import Classifier, ModelMeta
 from imgcls.utils.env import git_sha, versions
 from imgcls.utils.io import atomic_write, write_json
@@ -36,12 +37,13 @@ class TrainState:
 
     model: Classifier
     optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
+    schedule: ProgressSchedule
     scaler: torch.amp.GradScaler
     epoch: int = 0  # epochs completed
     step: int = 0  # optimizer steps taken
     best_metric: float = -math.inf
     best_epoch: int = 0
+    train_seconds: float = 0.0  # time spent in training steps (drives time-budgeted schedules)
     should_stop: bool = False  # callbacks may set it
     history: list[dict[str, float]] = field(default_factory=list)
 
@@ -49,12 +51,13 @@ class TrainState:
         return {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
+            "schedule": self.schedule.state_dict(),
             "scaler": self.scaler.state_dict(),
             "epoch": self.epoch,
             "step": self.step,
             "best_metric": self.best_metric,
             "best_epoch": self.best_epoch,
+            "train_seconds": self.train_seconds,
             "history": self.history,
             "rng": {
                 "torch": torch.get_rng_state(),
@@ -75,7 +78,7 @@ class TrainState:
         try:
             self.model.load_state_dict(ckpt["model"])
             self.optimizer.load_state_dict(ckpt["optimizer"])
-            self.scheduler.load_state_dict(ckpt["scheduler"])
+            self.schedule.load_state_dict(ckpt["schedule"])
             self.scaler.load_state_dict(ckpt["scaler"])
         except (RuntimeError, ValueError, KeyError) as e:
             raise CheckpointError(
@@ -83,6 +86,7 @@ class TrainState:
             ) from None
         self.epoch, self.step = int(ckpt["epoch"]), int(ckpt["step"])
         self.best_metric, self.best_epoch = float(ckpt["best_metric"]), int(ckpt["best_epoch"])
+        self.train_seconds = float(ckpt.get("train_seconds", 0.0))
         self.history = list(ckpt.get("history", []))
         torch.set_rng_state(ckpt["rng"]["torch"])
         if ckpt["rng"]["cuda"] and torch.cuda.is_available():

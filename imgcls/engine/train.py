@@ -1,10 +1,11 @@
-"""The training loop: one plain epoch/batch loop with AMP, clipping, per-step schedule and callbacks."""
+"""The training loop: one plain epoch/batch loop with AMP, clipping, a progress-driven schedule and callbacks."""
 
 from __future__ import annotations
 
 import logging
 import time
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from torch import nn
 from imgcls.config import Config
 from imgcls.engine.callbacks import call
 from imgcls.engine.evaluate import autocast, loss_and_accuracy, predict_logits
-from imgcls.engine.optim import build_optimizer, build_scheduler
+from imgcls.engine.optim import build_optimizer, build_schedule
 from imgcls.engine.state import STATE_FILE, TrainState, save_weights
 from imgcls.models import Classifier
 from imgcls.utils.env import autocast_dtype
@@ -22,50 +23,80 @@ from imgcls.utils.env import autocast_dtype
 log = logging.getLogger("imgcls")
 
 
-def new_state(model: Classifier, cfg: Config, steps_per_epoch: int) -> TrainState:
-    """Fresh optimizer, per-step schedule and grad scaler for `model`."""
+@dataclass(frozen=True)
+class Plan:
+    """How long a run trains: `epochs` epochs of `steps_per_epoch` steps, or `budget_s` seconds of steps."""
+
+    epochs: int
+    steps_per_epoch: int
+    budget_s: float | None = None
+
+    @property
+    def timed(self) -> bool:
+        return self.budget_s is not None
+
+    @property
+    def max_epochs(self) -> int:
+        return 1_000_000 if self.timed else self.epochs
+
+    def progress(self, step: int, train_seconds: float) -> float:
+        """Fraction of the run done, in [0, 1]: by the clock when timed, else by steps."""
+        if self.budget_s is not None:
+            return train_seconds / self.budget_s
+        return step / max(1, self.epochs * self.steps_per_epoch)
+
+
+def new_state(model: Classifier, cfg: Config, timed: bool = False) -> TrainState:
+    """Fresh optimizer, schedule and grad scaler for `model`."""
     device = next(model.parameters()).device
     optimizer = build_optimizer(model, cfg.optim)
-    scheduler = build_scheduler(optimizer, cfg.optim, cfg.train.epochs, steps_per_epoch)
+    schedule = build_schedule(optimizer, cfg.optim, None if timed else cfg.train.epochs)
     fp16 = autocast_dtype(device, cfg.train.amp) == torch.float16
     scaler = torch.amp.GradScaler(device.type, enabled=fp16)
-    return TrainState(model, optimizer, scheduler, scaler)
+    return TrainState(model, optimizer, schedule, scaler)
 
 
 def fit(
     cfg: Config,
     state: TrainState,
+    plan: Plan,
     train_loader: Iterable,
     val_loader: Iterable | None,
     run_dir: str | Path,
     callbacks: Sequence[Any] = (),
 ) -> TrainState:
-    """Trains `state.model` from `state.epoch` to `cfg.train.epochs`, validating and checkpointing each epoch.
+    """Trains `state.model` until `plan` is done, validating and checkpointing after each epoch.
 
-    Writes RUN_DIR/state.pt (last, for --resume) and RUN_DIR/model.safetensors (best on validation,
-    or last when there is no validation split).
+    Time-budgeted runs validate once, at the end (validation would eat the budget). Writes
+    RUN_DIR/state.pt (last, for --resume) and RUN_DIR/model.safetensors (best on validation, or last
+    when there is no validation split).
 
     Example:
-        >>> state = fit(cfg, new_state(model, cfg, len(train)), train, val, "runs/x")   # doctest: +SKIP
+        >>> fit(cfg, new_state(model, cfg), Plan(10, len(train)), train, val, "runs/x")   # doctest: +SKIP
     """
     model, run_dir = state.model, Path(run_dir)
     device = next(model.parameters()).device
     amp_dtype = autocast_dtype(device, cfg.train.amp)
-    channels_last = cfg.train.channels_last
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing)
-    call(callbacks, "on_fit_start", state=state, epochs=cfg.train.epochs)
+    call(callbacks, "on_fit_start", state=state, epochs=None if plan.timed else plan.epochs)
 
-    for epoch in range(state.epoch, cfg.train.epochs):
+    for epoch in range(state.epoch, plan.max_epochs):
+        if plan.progress(state.step, state.train_seconds) >= 1:
+            break
         model.train()
         train_loader.set_epoch(epoch)
         call(callbacks, "on_epoch_start", state=state, epoch=epoch, num_steps=len(train_loader))
-        start = time.perf_counter()
+        start, base_seconds = time.perf_counter(), state.train_seconds
         # Running sums stay on the device: no host sync per step.
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
         seen = 0
         for x, y in train_loader:
-            if channels_last:
+            progress = plan.progress(state.step, base_seconds + time.perf_counter() - start)
+            if progress >= 1:
+                break
+            state.schedule.set(progress)
+            if cfg.train.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with autocast(device, amp_dtype):
                 logits = model(x)
@@ -77,43 +108,47 @@ def fit(
                 nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
             state.scaler.step(state.optimizer)
             state.scaler.update()
-            state.scheduler.step()
             state.step += 1
             loss_sum += loss.detach() * len(y)
-            correct += (logits.detach().argmax(1) == y).sum()
+            hard = y if y.ndim == 1 else y.argmax(1)  # mixed (soft) targets count by their main class
+            correct += (logits.detach().argmax(1) == hard).sum()
             seen += len(y)
             call(callbacks, "on_step_end", state=state, loss_sum=loss_sum, correct=correct, seen=seen)
 
         train_time = time.perf_counter() - start
+        state.train_seconds = base_seconds + train_time
+        state.epoch = epoch + 1
+        finished = state.epoch >= plan.max_epochs or plan.progress(state.step, state.train_seconds) >= 1
         metrics = {
-            "epoch": epoch + 1,
+            "epoch": state.epoch,
             "train_loss": loss_sum.item() / max(seen, 1),
             "train_acc": correct.item() / max(seen, 1),
             "lr": state.optimizer.param_groups[0]["lr"],
-            "train_img_s": seen / train_time,
+            "train_img_s": seen / max(train_time, 1e-9),
         }
-        if val_loader is not None:
-            logits, labels = predict_logits(
-                model, val_loader, amp_dtype=amp_dtype, channels_last=channels_last
-            )
+        if val_loader is not None and (finished or not plan.timed):
+            logits, labels = predict_logits(model, val_loader, amp_dtype=amp_dtype, channels_last=cfg.train.channels_last)
             val_loss, val_acc = loss_and_accuracy(logits, labels, cfg.train.label_smoothing)
             metrics |= {"val_loss": val_loss, "val_acc": val_acc}
         metrics["time_s"] = time.perf_counter() - start
-        state.epoch = epoch + 1
         state.history.append(metrics)
         call(callbacks, "on_eval_end", state=state, metrics=metrics)
-
-        score = metrics.get("val_acc", float(state.epoch))  # without validation, the last epoch is "best"
-        if score > state.best_metric:
-            state.best_metric, state.best_epoch = score, state.epoch
-            save_weights(
-                model, run_dir, {"best_epoch": state.best_epoch, "best_val_acc": metrics.get("val_acc")}
-            )
-        state.save(run_dir / STATE_FILE, cfg.to_dict())
+        _checkpoint(cfg, state, metrics, run_dir)
         call(callbacks, "on_checkpoint", state=state, path=run_dir / STATE_FILE)
-        if state.should_stop:
+        if state.should_stop and not finished:
             log.info("stopping early after epoch %d (asked by a callback)", state.epoch)
             break
 
     call(callbacks, "on_fit_end", state=state)
     return state
+
+
+def _checkpoint(cfg: Config, state: TrainState, metrics: dict[str, float], run_dir: Path) -> None:
+    """Best weights (by validation accuracy, else the latest epoch) and the full state, both atomically."""
+    val_acc = metrics.get("val_acc")
+    if val_acc is None or val_acc > state.best_metric:
+        if val_acc is not None:
+            state.best_metric = val_acc
+        state.best_epoch = state.epoch
+        save_weights(state.model, run_dir, {"best_epoch": state.best_epoch, "best_val_acc": val_acc})
+    state.save(run_dir / STATE_FILE, cfg.to_dict())

@@ -48,7 +48,7 @@ class Predictor:
         )
         model.set_normalization(meta.mean, meta.std)
         load_weights(model, run_dir / WEIGHTS_FILE)
-        model.meta.classes = list(meta.classes)
+        model.meta = meta  # classes, tta and the rest, as trained
         return cls(model.to(select_device(device)), model.meta)
 
     @property

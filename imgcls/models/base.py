@@ -37,6 +37,7 @@ class ModelMeta:
     mean: tuple[float, ...] = (0.5,)
     std: tuple[float, ...] = (0.5,)
     drop_rate: float = 0.0
+    tta: str = "off"  # "flip": eval-mode forward averages the logits of the image and its mirror
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -99,7 +100,11 @@ class Classifier(nn.Module):
         return self.head(self.head_drop(features))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
+        logits = self.forward_head(self.forward_features(x))
+        if self.meta.tta == "flip" and not self.training:
+            # Test-time augmentation lives in the model, so eval, predict and export agree.
+            logits = (logits + self.forward_head(self.forward_features(x.flip(3)))) / 2
+        return logits
 
     def reset_classifier(self, num_classes: int) -> None:
         """A fresh head for a new class count (transfer learning)."""
