@@ -30,7 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--model", help="model name (see `imgcls models`), e.g. smallnet, resnet18, timm/convnext_nano"
     )
     t.add_argument("--epochs", type=int)
-    t.add_argument("--time", help="time budget for the whole run, e.g. 90s, 5m, 1h (plans the schedule to end on time)")
+    t.add_argument(
+        "--time", help="time budget for the whole run, e.g. 90s, 5m, 1h (plans the schedule to end on time)"
+    )
     t.add_argument("--batch-size", type=int)
     t.add_argument("--lr", type=float, help="peak learning rate")
     t.add_argument("--out", help="run folder (default: runs/<data>-<model>-<time>)")
@@ -100,7 +102,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     }
     if args.resume and (args.config or args.out):
         raise ConfigError("--resume continues a run with its own config.yaml and folder; drop --config/--out")
-    result = api.train(config=args.config, resume=args.resume, overrides=overrides, **shorthands)
+    result = api.train(
+        config=args.config, resume=args.resume, overrides=overrides, count_startup=True, **shorthands
+    )
     if result.test:
         from imgcls.report import print_table
 

@@ -29,9 +29,9 @@ class DataConfig:
     test_split: float = 0.1  # carved from a single class-folder tree that has no test split
     image_size: int | None = None  # None: the dataset's native size, else the model's default
     channels: int | None = None  # None: 1 for all-grayscale data, else 3
-    batch_size: int = 256
+    batch_size: int = 128
     eval_batch_size: int = 1024
-    augment: Literal["auto", "none", "crop", "crop-flip"] = "auto"  # auto: no flip for digits
+    augment: Literal["auto", "none", "crop", "crop-flip"] = "auto"  # auto: by run length; no flips for digits
     cache: Literal["auto", "ram", "off"] = "auto"  # ram: decoded uint8 tensor; off: stream from disk
     workers: int | None = None  # DataLoader workers for the streaming path; None: auto
     strict: bool = False  # unreadable images are an error instead of a counted skip
@@ -51,15 +51,17 @@ class ModelConfig:
     name: str = "smallnet"
     pretrained: bool = False
     drop_rate: float = 0.0
+    width: int | None = None  # smallnet's base width; None: sized to the run's length (see README)
 
     def validate(self) -> None:
         _check(0 <= self.drop_rate < 1, "model.drop_rate", "must be in [0, 1)")
+        _check(self.width is None or self.width >= 1, "model.width", "must be >= 1")
 
 
 @dataclass(frozen=True)
 class OptimConfig:
     name: Literal["sgd", "adamw"] = "sgd"
-    lr: float = 0.2  # for batch_size 256; scale linearly when changing the batch
+    lr: float = 0.1  # for batch_size 128; scale linearly when changing the batch
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 5e-4
@@ -78,7 +80,7 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 10
+    epochs: int = 4
     time: str | None = None  # a time budget for the whole run ("90s", "5m", "1h"); replaces epochs
     label_smoothing: float = 0.1
     amp: Literal["auto", "bf16", "fp16", "off"] = "auto"  # auto: bf16 where the device supports it
@@ -87,7 +89,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto, cpu, cuda, cuda:1, mps
     threads: int | None = None  # CPU threads; None: all cores
-    tta: Literal["auto", "flip", "off"] = "auto"  # evaluate on image + mirror; auto: where flips keep labels
+    tta: Literal["auto", "flip", "off"] = "auto"  # evaluate on image + mirror; auto: when trained with flips
 
     def validate(self) -> None:
         _check(self.epochs >= 1, "train.epochs", "must be >= 1")
@@ -184,7 +186,7 @@ def parse_duration(text: str) -> float:
         300.0
     """
     raw = str(text).strip().lower()
-    scale = {"s": 1, "m": 60, "h": 3600}.get(raw[-1:], None)
+    scale = {"s": 1, "m": 60, "h": 3600}.get(raw[-1:])
     number = raw[:-1] if scale else raw
     try:
         seconds = float(number) * (scale or 1)

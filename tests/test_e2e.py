@@ -32,7 +32,15 @@ def run_cli(*args: str, timeout: int = 1800) -> subprocess.CompletedProcess:
 def test_fashion_mnist_one_epoch_through_the_cli(tmp_path: Path):
     run = tmp_path / "run"
     run_cli(
-        "train", "--model", "tutorial-cnn", "--epochs", "1", "--out", str(run), "--set", "log.progress=false"
+        "train",
+        "--config",
+        str(REPO / "configs" / "tutorial.yaml"),
+        "--epochs",
+        "1",
+        "--out",
+        str(run),
+        "--set",
+        "log.progress=false",
     )
     result = json.loads(run_cli("eval", str(run), "--json").stdout)
     assert result["num_samples"] == 10000 and result["accuracy"] > 0.84

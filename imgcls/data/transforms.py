@@ -1,13 +1,15 @@
 """Preprocessing shared by training, evaluation and prediction (torchvision transforms v2).
 
 Images are resized (shorter side) and center-cropped to a square uint8 tensor once; normalization
-lives inside the model, so every consumer of a checkpoint preprocesses identically.
+lives inside the model, so every consumer of a checkpoint preprocesses identically. torchvision is
+imported on first use: the in-memory path never needs it, and it costs ~2 s of start-up.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
-from torchvision.transforms import v2
 
 
 def crop_padding(size: int) -> int:
@@ -15,13 +17,17 @@ def crop_padding(size: int) -> int:
     return max(1, round(size / 14))
 
 
-def to_square(size: int) -> v2.Compose:
+def to_square(size: int) -> Any:
     """PIL image -> uint8 tensor (C, size, size): shorter side to `size`, then a center crop."""
+    from torchvision.transforms import v2
+
     return v2.Compose([v2.PILToTensor(), v2.Resize(size, antialias=True), v2.CenterCrop(size)])
 
 
-def train_augment(size: int, flip: bool) -> v2.Compose:
+def train_augment(size: int, flip: bool) -> Any:
     """Per-sample augmentation for the streaming path; `memory.BatchAugment` is its batched twin."""
+    from torchvision.transforms import v2
+
     steps: list = [v2.RandomCrop(size, padding=crop_padding(size), padding_mode="reflect")]
     if flip:
         steps.append(v2.RandomHorizontalFlip())

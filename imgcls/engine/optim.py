@@ -75,6 +75,8 @@ class ProgressSchedule:
         self.base_lrs = list(state["base_lrs"])
 
 
-def build_schedule(optimizer: torch.optim.Optimizer, cfg: OptimConfig, epochs: float | None) -> ProgressSchedule:
+def build_schedule(
+    optimizer: torch.optim.Optimizer, cfg: OptimConfig, epochs: float | None
+) -> ProgressSchedule:
     """The configured schedule shape; `epochs` (planned or estimated) sizes the warm-up and step intervals."""
     return ProgressSchedule(optimizer, lr_factor(cfg, epochs))

@@ -127,7 +127,9 @@ def fit(
             "train_img_s": seen / max(train_time, 1e-9),
         }
         if val_loader is not None and (finished or not plan.timed):
-            logits, labels = predict_logits(model, val_loader, amp_dtype=amp_dtype, channels_last=cfg.train.channels_last)
+            logits, labels = predict_logits(
+                model, val_loader, amp_dtype=amp_dtype, channels_last=cfg.train.channels_last
+            )
             val_loss, val_acc = loss_and_accuracy(logits, labels, cfg.train.label_smoothing)
             metrics |= {"val_loss": val_loss, "val_acc": val_acc}
         metrics["time_s"] = time.perf_counter() - start

@@ -45,6 +45,7 @@ class Predictor:
             in_chans=meta.in_chans,
             input_size=meta.input_size,
             drop_rate=meta.drop_rate,
+            **meta.arch,
         )
         model.set_normalization(meta.mean, meta.std)
         load_weights(model, run_dir / WEIGHTS_FILE)

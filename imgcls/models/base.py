@@ -7,6 +7,7 @@ checkpoint alone is enough to predict: no training config, no re-implemented pre
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -38,6 +39,7 @@ class ModelMeta:
     std: tuple[float, ...] = (0.5,)
     drop_rate: float = 0.0
     tta: str = "off"  # "flip": eval-mode forward averages the logits of the image and its mirror
+    arch: dict[str, Any] = field(default_factory=dict)  # builder options, e.g. {"width": 8}
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -123,7 +125,7 @@ class Classifier(nn.Module):
 
 def build_model(
     name: str, *, num_classes: int, in_chans: int = 3, input_size: int | None = None,
-    pretrained: bool = False, drop_rate: float = 0.0,
+    pretrained: bool = False, drop_rate: float = 0.0, **arch: Any,
 ) -> Classifier:  # fmt: skip
     """Builds a registered model (or `timm/<name>`) for `num_classes` and `in_chans`-channel input.
 
@@ -134,15 +136,20 @@ def build_model(
     import imgcls.models  # noqa: F401  (registers the builders)
 
     size = input_size or default_input_size(name)
-    model = MODELS.build(
-        name,
+    builder = MODELS.get(name)
+    unknown = set(arch) - set(inspect.signature(builder).parameters)
+    if unknown:
+        raise ModelError(f"model {name!r} has no option(s) {', '.join(sorted(unknown))}")
+    model = builder(
         num_classes=num_classes,
         in_chans=in_chans,
         input_size=size,
         pretrained=pretrained,
         drop_rate=drop_rate,
+        **arch,
     )
     model.meta.name = name
+    model.meta.arch = dict(arch)
     return model
 
 

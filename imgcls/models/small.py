@@ -44,14 +44,18 @@ def tutorial_cnn(
 
 
 def _conv_bn(c_in: int, c_out: int) -> list[nn.Module]:
-    return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.GELU()]
+    return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
 
 
 def _group(c_in: int, c_out: int) -> nn.Sequential:
     # airbench's ConvGroup: conv, pool (cheap downsampling before the second conv), conv.
     conv1 = nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)
     return nn.Sequential(
-        conv1, nn.MaxPool2d(2, ceil_mode=True), nn.BatchNorm2d(c_out), nn.GELU(), *_conv_bn(c_out, c_out)
+        conv1,
+        nn.MaxPool2d(2, ceil_mode=True),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
+        *_conv_bn(c_out, c_out),
     )
 
 
@@ -64,15 +68,20 @@ def smallnet(
     input_size: int = 32,
     pretrained: bool = False,
     drop_rate: float = 0.0,
+    width: int = 16,
 ) -> Classifier:
-    """The default: an airbench-style conv-BN-GELU net that keeps full resolution in its stem.
+    """The default: an airbench-style conv-BN-ReLU net that keeps full resolution in its stem.
 
-    A 3x3 stem at full size, then three groups that each halve the size (28 -> 14 -> 7 -> 4),
-    global max pooling and a linear head. ~0.3M parameters; no downsampling stem, so 28x28 and 32x32
-    inputs keep their detail.
+    A 3x3 stem at full size, then three groups that each halve the size (28 -> 14 -> 7 -> 4), global
+    max pooling and a linear head. Channels are width x (1, 2, 4, 8): width 8 has 0.07 M parameters,
+    16 has 0.29 M, 32 has 1.2 M. No downsampling stem, so 28x28 and 32x32 inputs keep their detail.
     """
     _no_pretrained("smallnet", pretrained)
-    widths = (16, 32, 64, 128)
+    if width < 1:
+        from imgcls.models.base import ModelError
+
+        raise ModelError("smallnet width must be >= 1")
+    widths = (width, 2 * width, 4 * width, 8 * width)
     backbone = nn.Sequential(
         *_conv_bn(in_chans, widths[0]),
         _group(widths[0], widths[1]), _group(widths[1], widths[2]), _group(widths[2], widths[3]),

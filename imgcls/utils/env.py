@@ -84,6 +84,17 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def process_age() -> float:
+    """Seconds since this process started (Linux), so a time budget includes interpreter start-up and imports."""
+    try:
+        ticks = os.sysconf("SC_CLK_TCK")
+        start = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19]) / ticks
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return max(0.0, uptime - start)
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
 def git_sha() -> str | None:
     try:
         out = subprocess.run(
