@@ -262,7 +262,9 @@ def _load_data(cfg: DataConfig, model_name: str) -> tuple[DataBundle, int, int]:
 
 
 def _new_model(cfg: Config, bundle: DataBundle, size: int, channels: int) -> Classifier:
-    arch = {"width": cfg.model.width} if cfg.model.width is not None else {}
+    arch: dict[str, Any] = {"width": cfg.model.width} if cfg.model.width is not None else {}
+    if cfg.model.small_stem:
+        arch["small_stem"] = True
     model = build_model(
         cfg.model.name, num_classes=len(bundle.classes), in_chans=channels, input_size=size,
         pretrained=cfg.model.pretrained, drop_rate=cfg.model.drop_rate, **arch,

@@ -52,6 +52,7 @@ class ModelConfig:
     pretrained: bool = False
     drop_rate: float = 0.0
     width: int | None = None  # smallnet's base width; None: sized to the run's length (see README)
+    small_stem: bool = False  # ResNets: 3x3 stride-1 stem without max-pool, for 28-64 px images
 
     def validate(self) -> None:
         _check(0 <= self.drop_rate < 1, "model.drop_rate", "must be in [0, 1)")

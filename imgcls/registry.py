@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import functools
 import fnmatch
 from collections.abc import Callable
 from typing import Any
@@ -55,8 +56,7 @@ class Registry:
             return self._builders[name]
         for prefix, fn in self._prefixes.items():
             if name.startswith(prefix) and len(name) > len(prefix):
-                rest = name[len(prefix) :]
-                return lambda **kw: fn(rest, **kw)
+                return functools.partial(fn, name[len(prefix) :])
         close = difflib.get_close_matches(name, self._builders, n=3, cutoff=0.5)
         hint = f" Did you mean: {', '.join(close)}?" if close else ""
         raise RegistryError(

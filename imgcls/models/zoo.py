@@ -31,6 +31,19 @@ TORCHVISION_MODELS: dict[str, tuple[str, int]] = {
 TIMM_MIN_SIZE = 32
 
 
+def use_small_stem(net: nn.Module, name: str) -> None:
+    """ResNet stem for small images: a 3x3 stride-1 conv and no max-pool (CIFAR-style).
+
+    The ImageNet stem shrinks 28x28 to 7x7 before the first block; this keeps 28x28, at ~16x the
+    FLOPs. Pretrained stem weights are dropped (the new conv is trained from scratch).
+    """
+    conv = getattr(net, "conv1", None)
+    if not isinstance(conv, nn.Conv2d) or not hasattr(net, "maxpool"):
+        raise ModelError(f"{name} has no small-input stem option (ResNets have)")
+    net.conv1 = nn.Conv2d(conv.in_channels, conv.out_channels, 3, 1, 1, bias=False)
+    net.maxpool = nn.Identity()
+
+
 def _torchvision_builder(arch: str, head_path: str, min_size: int) -> Callable[..., Classifier]:
     def build(
         *,
@@ -39,6 +52,7 @@ def _torchvision_builder(arch: str, head_path: str, min_size: int) -> Callable[.
         input_size: int = 224,
         pretrained: bool = False,
         drop_rate: float = 0.0,
+        small_stem: bool = False,
     ) -> Classifier:
         import torchvision
 
@@ -58,6 +72,9 @@ def _torchvision_builder(arch: str, head_path: str, min_size: int) -> Callable[.
         num_features = net.get_submodule(head_path).in_features
         parent, _, attr = head_path.rpartition(".")
         setattr(net.get_submodule(parent) if parent else net, attr, nn.Identity())
+        if small_stem:
+            use_small_stem(net, arch)
+            arch_size = input_size  # the small stem takes any size from 8 px up
         adapt_first_conv(net, in_chans)
         model = Classifier(
             net,
@@ -90,6 +107,7 @@ def timm_model(
     input_size: int = 224,
     pretrained: bool = False,
     drop_rate: float = 0.0,
+    small_stem: bool = False,
 ) -> Classifier:
     """Any timm model, e.g. `timm/resnet18` or `timm/convnext_nano`."""
     import timm
@@ -108,6 +126,9 @@ def timm_model(
         raise ModelError(
             f"could not create timm/{name}{' with pretrained weights' if pretrained else ''}: {e}"
         ) from None
+    if small_stem:
+        use_small_stem(net, f"timm/{name}")
+        arch_size = input_size
     model = Classifier(
         net,
         net.num_features,

@@ -108,3 +108,47 @@ def test_tensor_splits_adapt_size_and_channels():
     bundle = DataBundle("t", ["a", "b"], Split(torch.tensor([0, 1, 0, 1]), images), channels=1, image_size=8)
     out = prepare(bundle, DataConfig(), 16, 3)
     assert out.train.images.shape == (4, 3, 16, 16) and out.train.images.dtype == torch.uint8
+
+
+def _variants(image: torch.Tensor, pad: int) -> list[torch.Tensor]:
+    """Every translation (reflect-padded crop) of `image`, and of its mirror."""
+    out = []
+    for source in (image, image.flip(-1)):
+        padded = torch.nn.functional.pad(source[None].float(), (pad,) * 4, mode="reflect")[0]
+        h, w = image.shape[-2:]
+        out += [padded[:, dy : dy + h, dx : dx + w] for dy in range(2 * pad + 1) for dx in range(2 * pad + 1)]
+    return out
+
+
+def test_fast_and_streaming_augmentations_are_equivalent():
+    """Both paths draw from the same set of transformed images: reflect-padded shifts and mirrors."""
+    from imgcls.data.transforms import crop_padding, train_augment
+
+    torch.manual_seed(0)
+    image = torch.randint(0, 256, (1, 14, 14), dtype=torch.uint8)
+    pad = crop_padding(14)
+    allowed = _variants(image, pad)
+    batch = image.float().div(255).expand(40, 1, 14, 14).contiguous()
+    fast = BatchAugment(14, flip=True)(batch, torch.Generator().manual_seed(0)) * 255
+    stream = torch.stack([train_augment(14, flip=True)(image).float() for _ in range(40)])
+    for outputs in (fast, stream):
+        matches = [
+            next(i for i, v in enumerate(allowed) if torch.allclose(out, v, atol=1e-3)) for out in outputs
+        ]
+        assert len(set(matches)) > 5  # random: many different shifts/flips
+        assert any(i >= len(allowed) // 2 for i in matches) and any(i < len(allowed) // 2 for i in matches)
+
+
+def test_builtin_datasets_are_cached_as_safetensors(tmp_path, monkeypatch):
+    from imgcls.data import datasets
+
+    monkeypatch.setenv("IMGCLS_DATA", str(tmp_path))
+    first = datasets.digits()
+    assert (tmp_path / "cache" / "digits.safetensors").is_file()
+    monkeypatch.setattr(datasets, "_digits", lambda: (_ for _ in ()).throw(AssertionError("cache not used")))
+    second = datasets.digits()
+    assert second.classes == first.classes and torch.equal(second.train.images, first.train.images)
+    assert torch.equal(second.test.labels, first.test.labels) and second.flip_ok is False
+    (tmp_path / "cache" / "digits.safetensors").write_bytes(b"corrupt")
+    monkeypatch.setattr(datasets, "_digits", lambda: first)
+    assert datasets.digits().classes == first.classes  # a corrupt cache is rebuilt, not fatal

@@ -65,3 +65,26 @@ def test_unknown_models_are_clear_errors():
         build_model("timm/not_a_model_xyz", num_classes=2)
     with pytest.raises(ModelError, match="no pretrained weights"):
         build_model("smallnet", num_classes=2, pretrained=True)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "timm/resnet18"])
+def test_small_stem_keeps_small_images_whole(name):
+    model = build_model(name, num_classes=4, in_chans=1, input_size=28, small_stem=True)
+    assert model.arch_size is None  # no resize up
+    assert model.backbone.conv1.stride == (1, 1) and isinstance(model.backbone.maxpool, torch.nn.Identity)
+    assert model(torch.rand(2, 1, 28, 28)).shape == (2, 4)
+    assert model.meta.arch == {"small_stem": True}
+
+
+def test_options_a_model_lacks_are_errors():
+    with pytest.raises(ModelError, match="small-input stem"):
+        build_model("vgg11_bn", num_classes=2, small_stem=True)
+    with pytest.raises(ModelError, match="no option"):
+        build_model("tutorial-cnn", num_classes=2, width=8)
+
+
+def test_smallnet_width():
+    narrow = build_model("smallnet", num_classes=10, in_chans=1, input_size=28, width=8)
+    wide = build_model("smallnet", num_classes=10, in_chans=1, input_size=28, width=32)
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(narrow) < count(wide) / 10 and narrow.meta.arch == {"width": 8}

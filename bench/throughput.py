@@ -1,0 +1,148 @@
+"""Training throughput and model FLOPs utilization (MFU) against this machine's measured conv peak.
+
+    .venv/bin/python bench/throughput.py [--device cpu|cuda] [--seconds 6]
+
+The peak is measured in the same run: a large 3x3 convolution, forward + backward, in fp32 and in
+bf16 channels_last. FLOPs per image come from torch.utils.flop_counter (forward + backward).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from bench.common import machine, save
+from imgcls.engine.evaluate import autocast
+from imgcls.models import build_model
+from imgcls.utils.env import bf16_supported
+
+
+def train_step_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, dtype: torch.dtype | None):
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, foreach=True)
+
+    def step() -> None:
+        with autocast(x.device, dtype):
+            out = model(x)
+        loss = nn.functional.cross_entropy(out.float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def flops_per_image(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    with FlopCounterMode(display=False) as counter:
+        nn.functional.cross_entropy(model(x).float(), y).backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops() / len(x)
+
+
+def rate(step, n_items: int, seconds: float, device: torch.device) -> float:
+    """Items per second of `step`, after warm-up, over about `seconds`."""
+    for _ in range(3):
+        step()
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync()
+    start, n = time.perf_counter(), 0
+    while time.perf_counter() - start < seconds or n < 3:
+        step()
+        n += 1
+    sync()
+    return n * n_items / (time.perf_counter() - start)
+
+
+def conv_peak(device: torch.device, dtype: torch.dtype | None, seconds: float) -> float:
+    """FLOP/s of a 3x3 conv (128 -> 128 channels, 28x28, batch 64) forward + backward."""
+    conv = nn.Conv2d(128, 128, 3, padding=1, bias=False).to(device, memory_format=torch.channels_last)
+    x = (
+        torch.randn(64, 128, 28, 28, device=device)
+        .contiguous(memory_format=torch.channels_last)
+        .requires_grad_()
+    )
+    flops = 3 * 2 * 64 * 28 * 28 * 128 * 128 * 9  # forward, grad input, grad weight
+
+    def step() -> None:
+        with autocast(device, dtype):
+            out = conv(x)
+        out.float().sum().backward()
+
+    return rate(step, 1, seconds, device) * flops
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--seconds", type=float, default=6.0)
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--size", type=int, default=28)
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    bf16 = torch.bfloat16 if bf16_supported(device) else None
+    peaks = {"fp32": conv_peak(device, None, args.seconds)}
+    if bf16:
+        peaks["bf16"] = conv_peak(device, bf16, args.seconds)
+    print(f"machine: {machine()}")
+    print("conv 3x3 peak (fwd+bwd): " + ", ".join(f"{k} {v / 1e9:.0f} GFLOP/s" for k, v in peaks.items()))
+
+    models = [
+        ("smallnet", {"width": 8}), ("smallnet", {"width": 16}), ("smallnet", {"width": 32}),
+        ("tutorial-cnn", {}), ("resnet18", {}), ("resnet18", {"small_stem": True}),
+    ]  # fmt: skip
+    rows = []
+    for name, arch in models:
+        model = build_model(name, num_classes=10, in_chans=1, input_size=args.size, **arch).to(device)
+        model = model.to(memory_format=torch.channels_last)
+        x = torch.rand(args.batch, 1, args.size, args.size, device=device).contiguous(
+            memory_format=torch.channels_last
+        )
+        y = torch.randint(0, 10, (args.batch,), device=device)
+        flops = flops_per_image(model, x, y)
+        for label, dtype in (("fp32", None), ("bf16", bf16)):
+            if label == "bf16" and dtype is None:
+                continue
+            img_s = rate(train_step_fn(model, x, y, dtype), args.batch, args.seconds, device)
+            mfu = img_s * flops / peaks[label]
+            rows.append(
+                {
+                    "model": name,
+                    **arch,
+                    "dtype": label,
+                    "img_s": round(img_s),
+                    "gflop_per_img": round(flops / 1e9, 4),
+                    "mfu": round(mfu, 3),
+                }
+            )
+            arch_txt = ",".join(f"{k}={v}" for k, v in arch.items())
+            print(
+                f"{name:13s} {arch_txt:16s} {label}: {img_s:8.0f} img/s  {flops / 1e6:8.1f} MFLOP/img  MFU {mfu:5.1%} of the {label} conv peak"
+            )
+    base = next(
+        r
+        for r in rows
+        if r["model"] == "resnet18" and "small_stem" not in r and r["dtype"] == rows[-1]["dtype"]
+    )
+    for r in rows:
+        if r["dtype"] == base["dtype"]:
+            r["speed_vs_resnet18"] = round(r["img_s"] / base["img_s"], 2)
+    print(
+        f"images/s relative to resnet18 ({base['dtype']}): "
+        + ", ".join(
+            f"{r['model']}{r.get('width', '')}{'-small-stem' if r.get('small_stem') else ''} {r['speed_vs_resnet18']}x"
+            for r in rows
+            if "speed_vs_resnet18" in r
+        )
+    )
+    print(
+        f"saved {save(f'throughput-{device.type}', {'peak_flops': peaks, 'batch': args.batch, 'size': args.size, 'rows': rows})}"
+    )
+
+
+if __name__ == "__main__":
+    main()

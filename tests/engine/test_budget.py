@@ -1,0 +1,84 @@
+"""Time budgets and run-length planning."""
+
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import imgcls
+from imgcls.api import run_length, size_to_run
+from imgcls.config import ConfigError, load, parse_duration
+from imgcls.engine.train import Plan
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("90", 90.0), ("90s", 90.0), ("5m", 300.0), ("1.5h", 5400.0), (" 20S ", 20.0)]
+)
+def test_parse_duration(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("bad", ["", "m", "-5s", "five minutes", "0"])
+def test_bad_durations(bad):
+    with pytest.raises(ConfigError, match="train.time"):
+        load(None, {"train.time": bad})
+
+
+def test_a_budgeted_run_ends_within_its_budget(tmp_path: Path):
+    start = time.perf_counter()
+    result = imgcls.train(
+        data="digits", time="8s", out=tmp_path / "r", overrides={"log.progress": False, "train.amp": "off"}
+    )
+    elapsed = time.perf_counter() - start
+    assert elapsed <= 8 + 2.0, elapsed
+    assert elapsed >= 8 * 0.6  # it used its budget rather than stopping at once
+    assert result.test["accuracy"] > 0.8
+    assert result.history[-1]["lr"] < 0.01 * 0.1  # the schedule annealed to (near) zero on time
+
+
+def test_too_small_a_budget_is_a_clear_error(tmp_path: Path):
+    with pytest.raises(ConfigError, match="leaves no time to train"):
+        imgcls.train(data="digits", time="0.01s", out=tmp_path / "r", overrides={"log.progress": False})
+
+
+def test_plan_progress_by_steps_and_by_clock():
+    assert Plan(epochs=2, steps_per_epoch=10).progress(step=5, train_seconds=999) == 0.25
+    timed = Plan(epochs=2, steps_per_epoch=10, budget_s=20)
+    assert timed.progress(step=999, train_seconds=5) == 0.25 and timed.max_epochs > 1000
+
+
+@pytest.mark.parametrize(
+    ("overrides", "length", "width", "augment"),
+    [
+        ({"train.epochs": 4}, "short", 8, "none"),
+        ({"train.time": "20s"}, "short", 8, "none"),
+        ({"train.epochs": 10}, "medium", 16, "crop-flip"),
+        ({"train.time": "5m"}, "medium", 16, "crop-flip"),
+        ({"train.time": "20m"}, "long", 32, "crop-flip"),
+        ({"train.time": "20m", "model.width": 12, "data.augment": "crop"}, "long", 12, "crop"),
+    ],
+)
+def test_auto_settings_follow_the_run_length(overrides, length, width, augment):
+    cfg = load(None, overrides)
+    assert run_length(cfg) == length
+    sized = size_to_run(cfg, flip_ok=True)
+    assert sized.model.width == width and sized.data.augment == augment
+
+
+def test_no_flips_for_data_whose_labels_flips_change():
+    assert size_to_run(load(None, {"train.epochs": 20}), flip_ok=False).data.augment == "crop"
+
+
+def test_flip_tta_averages_image_and_mirror():
+    from imgcls.models import build_model
+
+    model = build_model("smallnet", num_classes=3, in_chans=1, input_size=16, width=4).eval()
+    x = torch.rand(2, 1, 16, 16)
+    plain = model(x)
+    model.meta.tta = "flip"
+    assert torch.allclose(
+        model(x), (plain + model.forward_head(model.forward_features(x.flip(3)))) / 2, atol=1e-6
+    )
+    model.train()
+    assert model(x).shape == (2, 3)  # training forward ignores TTA
