@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import difflib
-import functools
 import fnmatch
+import functools
 from collections.abc import Callable
 from typing import Any
 
