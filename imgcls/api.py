@@ -80,25 +80,15 @@ def train(
         >>> result.test["accuracy"]                                                  # doctest: +SKIP
     """
     start = time.perf_counter() - (process_age() if count_startup else 0.0)
-    if resume is not None:
-        run_dir = Path(resume)
-        if not (run_dir / STATE_FILE).is_file():
-            raise CheckpointError(f"cannot resume: {run_dir} has no {STATE_FILE}")
-        cfg = make_config(run_dir / "config.yaml", overrides, **shorthands).replace({"out": str(run_dir)})
-    elif cfg is None:
-        cfg = make_config(config, overrides, **shorthands)
+    cfg = _resolve_config(cfg, config, resume, overrides, shorthands)
     device = _setup(cfg)
     bundle, size, channels = _load_data(cfg.data, cfg.model.name)
     cfg = size_to_run(cfg, bundle.flip_ok)
     model = _new_model(cfg, bundle, size, channels).to(device)
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
-
-    run_dir = (
-        Path(cfg.out) if cfg.out else new_run_dir("runs", f"{_stem(cfg.data.name)}-{_stem(cfg.model.name)}")
-    )
+    run_dir = _open_run_dir(cfg)
     cfg = cfg.replace({"out": str(run_dir)})
-    run_dir.mkdir(parents=True, exist_ok=True)
     config_lib.save(cfg, run_dir / "config.yaml")
     log.info("run folder %s: %s on %s (%d classes, %dx%dx%d, %d train / %s val images) on %s",
              run_dir, cfg.model.name, cfg.data.name, len(bundle.classes), channels, size, size,
@@ -111,7 +101,9 @@ def train(
         "flip": bundle.flip_ok,
         "seed": cfg.train.seed,
     }
-    train_loader = build_loader(bundle.train, cfg.data, train=True, **loader_args)
+    train_loader = build_loader(
+        bundle.train, cfg.data, train=True, num_classes=len(bundle.classes), **loader_args
+    )
     # A time-budgeted run validates once at its end; with a test split that pass selects nothing: skip it.
     validate = bundle.val is not None and not (cfg.train.time and bundle.test is not None)
     val_loader = build_loader(bundle.val, cfg.data, train=False, **loader_args) if validate else None
@@ -120,7 +112,44 @@ def train(
     plan = _plan(cfg, start, model, len(train_loader), eval_splits)
     if resume is not None:
         state.load(run_dir / STATE_FILE)
-        log.info("resumed %s after epoch %d of %d", run_dir, state.epoch, cfg.train.epochs)
+        log.info("resumed %s after epoch %d", run_dir, state.epoch)
+    state = _fit_logged(cfg, state, plan, train_loader, val_loader, run_dir, callbacks)
+
+    test = None
+    if bundle.test is not None:
+        load_weights(model, run_dir / WEIGHTS_FILE)  # evaluate the best checkpoint, as `imgcls eval` would
+        test_loader = build_loader(bundle.test, cfg.data, train=False, **loader_args)
+        test = _evaluate_and_write(model, test_loader, bundle.classes, run_dir, "test", cfg)
+    elapsed = time.perf_counter() - start
+    log.info("done in %.1fs: %s", elapsed, run_dir)
+    return TrainResult(run_dir, test, state.history, elapsed)
+
+
+def _resolve_config(
+    cfg: Config | None, config: str | Path | None, resume: str | Path | None,
+    overrides: dict[str, Any] | None, shorthands: dict[str, Any],
+) -> Config:  # fmt: skip
+    """The run's config: a resumed run's own config.yaml (plus overrides), a given Config, or a new one."""
+    if resume is not None:
+        run_dir = Path(resume)
+        if not (run_dir / STATE_FILE).is_file():
+            raise CheckpointError(f"cannot resume: {run_dir} has no {STATE_FILE}")
+        return make_config(run_dir / "config.yaml", overrides, **shorthands).replace({"out": str(run_dir)})
+    return cfg if cfg is not None else make_config(config, overrides, **shorthands)
+
+
+def _open_run_dir(cfg: Config) -> Path:
+    run_dir = (
+        Path(cfg.out) if cfg.out else new_run_dir("runs", f"{_stem(cfg.data.name)}-{_stem(cfg.model.name)}")
+    )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def _fit_logged(
+    cfg: Config, state, plan: Plan, train_loader, val_loader, run_dir: Path, callbacks: Sequence[Any]
+):
+    """`fit` with the standard loggers, a resume hint on Ctrl-C, and the curves plot at the end."""
     loggers: list[Any] = [ProgressLogger(cfg.log.progress), CSVLogger(run_dir / "metrics.csv")]
     if cfg.log.tensorboard:
         loggers.append(TensorBoardLogger(run_dir / "tensorboard"))
@@ -133,15 +162,7 @@ def train(
         raise
     if state.history:
         plot_curves(state.history, run_dir / "curves.png")
-
-    test = None
-    if bundle.test is not None:
-        load_weights(model, run_dir / WEIGHTS_FILE)  # evaluate the best checkpoint, as `imgcls eval` would
-        test_loader = build_loader(bundle.test, cfg.data, train=False, **loader_args)
-        test = _evaluate_and_write(model, test_loader, bundle.classes, run_dir, "test", cfg)
-    elapsed = time.perf_counter() - start
-    log.info("done in %.1fs: %s", elapsed, run_dir)
-    return TrainResult(run_dir, test, state.history, elapsed)
+    return state
 
 
 def evaluate(run_dir: str | Path, data: str | None = None, split: str = "test", *, batch_size: int | None = None,

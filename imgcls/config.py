@@ -32,6 +32,9 @@ class DataConfig:
     batch_size: int = 128
     eval_batch_size: int = 1024
     augment: Literal["auto", "none", "crop", "crop-flip"] = "auto"  # auto: by run length; no flips for digits
+    cutout: int = 0  # side (px) of a square zeroed at a random place in each training image; 0: off
+    mixup: float = 0.0  # Beta(alpha, alpha) mixing of image pairs and their labels; 0: off
+    cutmix: float = 0.0  # like mixup, pasting a box of one image into another; with mixup: either, 50/50
     cache: Literal["auto", "ram", "off"] = "auto"  # ram: decoded uint8 tensor; off: stream from disk
     workers: int | None = None  # DataLoader workers for the streaming path; None: auto
     strict: bool = False  # unreadable images are an error instead of a counted skip
@@ -44,6 +47,11 @@ class DataConfig:
         _check(self.channels in (None, 1, 3), "data.channels", "must be 1 or 3")
         _check(self.batch_size >= 1 and self.eval_batch_size >= 1, "data.batch_size", "must be >= 1")
         _check(self.workers is None or self.workers >= 0, "data.workers", "must be >= 0")
+        _check(
+            self.cutout >= 0 and self.mixup >= 0 and self.cutmix >= 0,
+            "data.cutout/mixup/cutmix",
+            "must be >= 0",
+        )
 
 
 @dataclass(frozen=True)
@@ -86,7 +94,9 @@ class TrainConfig:
     label_smoothing: float = 0.1
     amp: Literal["auto", "bf16", "fp16", "off"] = "auto"  # auto: bf16 where the device supports it
     channels_last: bool = True
+    compile: bool = False  # torch.compile the training forward (pays off on GPUs; slower on small CPU nets)
     grad_clip: float = 0.0  # max gradient norm; 0 disables clipping
+    ema_decay: float = 0.0  # per-step decay of an exponential moving average of the weights; 0: off
     seed: int = 0
     device: str = "auto"  # auto, cpu, cuda, cuda:1, mps
     threads: int | None = None  # CPU threads; None: all cores
@@ -98,6 +108,7 @@ class TrainConfig:
             parse_duration(self.time)
         _check(0 <= self.label_smoothing < 1, "train.label_smoothing", "must be in [0, 1)")
         _check(self.grad_clip >= 0, "train.grad_clip", "must be >= 0")
+        _check(0 <= self.ema_decay < 1, "train.ema_decay", "must be in [0, 1)")
         _check(self.threads is None or self.threads >= 1, "train.threads", "must be >= 1")
         dev = self.device.split(":")[0]
         _check(dev in ("auto", "cpu", "cuda", "mps"), "train.device", "must be auto, cpu, cuda[:N] or mps")

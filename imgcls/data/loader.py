@@ -18,9 +18,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from imgcls.config import DataConfig
-from imgcls.data.datasets import DataBundle, DataError, Split
+from imgcls.data.datasets import DataBundle, DataError, Split, data_root
 from imgcls.data.decode import ImageDecodeError, open_image
-from imgcls.data.memory import BatchAugment, MemoryLoader, decode_files
+from imgcls.data.memory import BatchAugment, BatchMix, MemoryLoader, decode_files_cached
 from imgcls.data.transforms import to_float, to_square, train_augment
 
 log = logging.getLogger("imgcls")
@@ -66,7 +66,9 @@ def prepare(bundle: DataBundle, cfg: DataConfig, size: int, channels: int) -> Da
     for name in ("train", "val", "test"):
         split = getattr(bundle, name)
         if split is not None and split.images is None and in_ram:
-            images, ok, failed = decode_files(split.paths or [], size, channels)
+            images, ok, failed = decode_files_cached(
+                split.paths or [], size, channels, _decode_cache_dir(cfg)
+            )
             skipped += failed
             split = Split(split.labels[ok], images, [split.paths[i] for i in ok.tolist()])
         elif split is not None and split.images is not None:
@@ -95,27 +97,33 @@ def build_loader(
     train: bool,
     flip: bool = True,
     seed: int = 0,
+    num_classes: int | None = None,
 ) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
-    """A MemoryLoader for in-RAM splits (unless data.cache=off), else a streaming DataLoader."""
+    """A MemoryLoader for in-RAM splits (unless data.cache=off), else a streaming DataLoader.
+
+    Training batches get the configured augmentation; mixup/cutmix (which need `num_classes`) turn
+    their labels into soft label vectors.
+    """
     batch = cfg.batch_size if train else cfg.eval_batch_size
     aug_mode = cfg.augment if cfg.augment != "auto" else ("crop-flip" if flip else "crop")
-    use_flip = aug_mode == "crop-flip"
+    crop, use_flip = train and aug_mode != "none", train and aug_mode == "crop-flip"
+    cutout = cfg.cutout if train else 0
+    mix = None
+    if train and (cfg.mixup > 0 or cfg.cutmix > 0):
+        if num_classes is None:
+            raise DataError("mixup/cutmix need the number of classes")
+        mix = BatchMix(num_classes, cfg.mixup, cfg.cutmix)
     if split.images is not None and cfg.cache != "off":
-        augment = BatchAugment(size, use_flip) if train and aug_mode != "none" else None
+        augment = BatchAugment(size, use_flip, cutout, crop=crop) if crop or cutout else None
         return MemoryLoader(
-            split.images,
-            split.labels,
-            batch,
-            device=device,
-            shuffle=train,
-            augment=augment,
-            drop_last=train,
-            seed=seed,
-        )
-    transform = train_augment(size, use_flip) if train and aug_mode != "none" else None
+            split.images, split.labels, batch, device=device, shuffle=train, augment=augment, mix=mix,
+            drop_last=train, seed=seed,
+        )  # fmt: skip
+    transform = train_augment(size, use_flip, cutout, crop=crop) if crop or cutout else None
     dataset = StreamDataset(split, size, channels, transform)
+    workers = _workers(cfg, split)
     return StreamLoader(
-        dataset, batch, device=device, shuffle=train, drop_last=train, seed=seed, workers=_workers(cfg, split)
+        dataset, batch, device=device, shuffle=train, drop_last=train, seed=seed, workers=workers, mix=mix
     )
 
 
@@ -146,8 +154,8 @@ class StreamDataset(torch.utils.data.Dataset):
 class StreamLoader:
     """A DataLoader whose shuffle order and worker seeds depend only on (seed, epoch)."""
 
-    def __init__(self, dataset, batch_size, *, device, shuffle, drop_last, seed, workers) -> None:
-        self.device, self.seed, self.epoch = device, seed, 0
+    def __init__(self, dataset, batch_size, *, device, shuffle, drop_last, seed, workers, mix=None) -> None:
+        self.device, self.seed, self.epoch, self.mix = device, seed, 0, mix
         self.generator = torch.Generator()
         self.loader = torch.utils.data.DataLoader(
             dataset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last and len(dataset) > batch_size,
@@ -163,12 +171,15 @@ class StreamLoader:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         self.generator.manual_seed(self.seed * 1_000_003 + self.epoch)
+        mix_gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch + 1)
         for images, labels in self.loader:
-            if len(labels):
-                yield (
-                    to_float(images.to(self.device, non_blocking=True)),
-                    labels.to(self.device, non_blocking=True),
-                )
+            if not len(labels):
+                continue
+            x, y = (
+                to_float(images.to(self.device, non_blocking=True)),
+                labels.to(self.device, non_blocking=True),
+            )
+            yield self.mix(x, y, mix_gen) if self.mix is not None else (x, y)
 
 
 def _collate_present(items: list) -> tuple[torch.Tensor, torch.Tensor]:
@@ -192,6 +203,11 @@ def _adapt(images: torch.Tensor, size: int, channels: int) -> torch.Tensor:
         )
         images = images.round().clamp(0, 255).to(torch.uint8)
     return images.contiguous()
+
+
+def _decode_cache_dir(cfg: DataConfig) -> Path | None:
+    """Decoded folders are cached under $IMGCLS_DATA/cache/decoded unless data.cache=off."""
+    return None if cfg.cache == "off" else data_root() / "cache" / "decoded"
 
 
 def _workers(cfg: DataConfig, split: Split) -> int:

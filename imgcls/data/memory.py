@@ -5,6 +5,8 @@ No per-sample Python, no DataLoader workers: indexing, random crops and flips ru
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 import os
@@ -14,21 +16,41 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
 from imgcls.data.decode import ImageDecodeError, open_image
 from imgcls.data.transforms import crop_padding, to_float, to_square
+from imgcls.utils.io import atomic_write
 
 log = logging.getLogger("imgcls")
 
 
 class BatchAugment:
-    """Random translation (reflect-padded crop) and horizontal flip, applied per sample to a batch."""
+    """Random translation (reflect-padded crop), horizontal flip and cutout, per sample, on a whole batch."""
 
-    def __init__(self, size: int, flip: bool) -> None:
-        self.pad = crop_padding(size)
+    def __init__(self, size: int, flip: bool, cutout: int = 0, crop: bool = True) -> None:
+        self.pad = crop_padding(size) if crop else 0
         self.flip = flip
+        self.cutout = cutout
 
     def __call__(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        n, _, h, w = x.shape
+        if self.pad:
+            x = self._translate(x, gen)
+        if self.flip:
+            flip = (torch.rand(n, generator=gen) < 0.5).to(x.device)
+            x = torch.where(flip[:, None, None, None], x.flip(3), x)
+        if self.cutout:
+            cy = torch.randint(0, h, (n,), generator=gen).to(x.device)[:, None, None, None]
+            cx = torch.randint(0, w, (n,), generator=gen).to(x.device)[:, None, None, None]
+            r = torch.arange(h, device=x.device)[None, None, :, None]
+            c = torch.arange(w, device=x.device)[None, None, None, :]
+            half = self.cutout / 2
+            x = x.masked_fill(((r - cy).abs() < half) & ((c - cx).abs() < half), 0.0)
+        return x
+
+    def _translate(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         n, _, h, w = x.shape
         p = self.pad
         padded = F.pad(x, (p, p, p, p), mode="reflect")
@@ -37,11 +59,38 @@ class BatchAugment:
         rows = (torch.arange(h, device=x.device)[None, :] + dy[:, None])[:, None, :, None]
         cols = (torch.arange(w, device=x.device)[None, :] + dx[:, None])[:, None, None, :]
         x = padded.gather(2, rows.expand(n, x.shape[1], h, w + 2 * p))
-        x = x.gather(3, cols.expand(n, x.shape[1], h, w))
-        if self.flip:
-            flip = (torch.rand(n, generator=gen) < 0.5).to(x.device)
-            x = torch.where(flip[:, None, None, None], x.flip(3), x)
-        return x
+        return x.gather(3, cols.expand(n, x.shape[1], h, w))
+
+
+class BatchMix:
+    """Mixup / CutMix on a batch: returns mixed images and soft labels (N, num_classes).
+
+    The mixing weight comes from Beta(alpha, alpha) per batch; with both enabled, each batch uses one
+    of them at random (as timm does). Used by both the in-memory and the streaming path.
+    """
+
+    def __init__(self, num_classes: int, mixup: float = 0.0, cutmix: float = 0.0) -> None:
+        self.num_classes, self.mixup, self.cutmix = num_classes, mixup, cutmix
+
+    def __call__(
+        self, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        use_cutmix = self.cutmix > 0 and (self.mixup <= 0 or torch.rand((), generator=gen) < 0.5)
+        alpha = self.cutmix if use_cutmix else self.mixup
+        lam = float(torch.distributions.Beta(alpha, alpha).sample())
+        perm = torch.randperm(len(y), generator=gen).to(x.device)
+        if use_cutmix:
+            h, w = x.shape[-2:]
+            bh, bw = int(h * (1 - lam) ** 0.5), int(w * (1 - lam) ** 0.5)
+            top = int(torch.randint(0, h - bh + 1, (), generator=gen))
+            left = int(torch.randint(0, w - bw + 1, (), generator=gen))
+            x = x.clone()
+            x[..., top : top + bh, left : left + bw] = x[perm][..., top : top + bh, left : left + bw]
+            lam = 1 - bh * bw / (h * w)  # the area actually pasted
+        else:
+            x = lam * x + (1 - lam) * x[perm]
+        one_hot = F.one_hot(y, self.num_classes).float()
+        return x, lam * one_hot + (1 - lam) * one_hot[perm]
 
 
 class MemoryLoader:
@@ -60,13 +109,14 @@ class MemoryLoader:
         device: torch.device,
         shuffle: bool = False,
         augment: BatchAugment | None = None,
+        mix: BatchMix | None = None,
         drop_last: bool = False,
         seed: int = 0,
     ) -> None:
         self.images = images.to(device)
         self.labels = labels.to(device)
         self.batch_size = batch_size
-        self.shuffle, self.augment, self.seed = shuffle, augment, seed
+        self.shuffle, self.augment, self.mix, self.seed = shuffle, augment, mix, seed
         self.drop_last = drop_last and len(labels) > batch_size
         self.epoch = 0
 
@@ -85,9 +135,46 @@ class MemoryLoader:
         for b in range(len(self)):
             idx = order[b * self.batch_size : (b + 1) * self.batch_size]
             x = to_float(self.images[idx])
+            y = self.labels[idx]
             if self.augment is not None:
                 x = self.augment(x, gen)
-            yield x, self.labels[idx]
+            if self.mix is not None:
+                x, y = self.mix(x, y, gen)
+            yield x, y
+
+
+def decode_files_cached(
+    paths: list[Path], size: int, channels: int, cache_dir: Path | None
+) -> tuple[torch.Tensor, torch.Tensor, list[tuple[str, str]]]:
+    """`decode_files`, remembered on disk: a second run over unchanged files skips decoding.
+
+    The cache key covers every path with its size and modification time, and the target size and
+    channels, so a changed, added or removed file decodes afresh.
+    """
+    if cache_dir is None or not paths:
+        return decode_files(paths, size, channels)
+    key = hashlib.sha256(f"{size}:{channels}\n".encode())
+    for p in paths:
+        try:
+            st = p.stat()
+            key.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        except OSError:
+            key.update(f"{p}\0missing\n".encode())
+    path = cache_dir / f"{key.hexdigest()[:32]}.safetensors"
+    if path.is_file():
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                failed = [tuple(x) for x in json.loads(f.metadata()["failed"])]
+                return f.get_tensor("images"), f.get_tensor("ok"), failed
+        except (SafetensorError, OSError, KeyError, ValueError) as e:
+            log.warning("ignoring unreadable decode cache %s (%s)", path, e)
+    images, ok, failed = decode_files(paths, size, channels)
+    try:
+        tensors = {"images": images.contiguous(), "ok": ok}
+        atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"failed": json.dumps(failed)}))
+    except OSError as e:
+        log.warning("could not write the decode cache %s: %s", path, e)
+    return images, ok, failed
 
 
 def decode_files(

@@ -24,13 +24,16 @@ def to_square(size: int) -> Any:
     return v2.Compose([v2.PILToTensor(), v2.Resize(size, antialias=True), v2.CenterCrop(size)])
 
 
-def train_augment(size: int, flip: bool) -> Any:
+def train_augment(size: int, flip: bool, cutout: int = 0, crop: bool = True) -> Any:
     """Per-sample augmentation for the streaming path; `memory.BatchAugment` is its batched twin."""
     from torchvision.transforms import v2
 
-    steps: list = [v2.RandomCrop(size, padding=crop_padding(size), padding_mode="reflect")]
+    steps: list = [v2.RandomCrop(size, padding=crop_padding(size), padding_mode="reflect")] if crop else []
     if flip:
         steps.append(v2.RandomHorizontalFlip())
+    if cutout:
+        area = min(1.0, (cutout / size) ** 2)
+        steps.append(v2.RandomErasing(p=1.0, scale=(area, area), ratio=(1.0, 1.0), value=0))
     return v2.Compose(steps)
 
 

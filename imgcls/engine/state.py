@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+from torch.optim.swa_utils import AveragedModel
 
 from imgcls.engine.optim import ProgressSchedule
 from imgcls.models import Classifier, ModelMeta
@@ -39,6 +40,7 @@ class TrainState:
     optimizer: torch.optim.Optimizer
     schedule: ProgressSchedule
     scaler: torch.amp.GradScaler
+    ema: AveragedModel | None = None  # evaluated and saved instead of the raw weights when present
     epoch: int = 0  # epochs completed
     step: int = 0  # optimizer steps taken
     best_metric: float = -math.inf
@@ -47,12 +49,18 @@ class TrainState:
     should_stop: bool = False  # callbacks may set it
     history: list[dict[str, float]] = field(default_factory=list)
 
+    @property
+    def eval_model(self) -> Classifier:
+        """The weights to validate and save: the EMA when there is one."""
+        return self.ema.module if self.ema is not None else self.model
+
     def state_dict(self, config: dict[str, Any]) -> dict[str, Any]:
         return {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "schedule": self.schedule.state_dict(),
             "scaler": self.scaler.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
             "epoch": self.epoch,
             "step": self.step,
             "best_metric": self.best_metric,
@@ -80,6 +88,10 @@ class TrainState:
             self.optimizer.load_state_dict(ckpt["optimizer"])
             self.schedule.load_state_dict(ckpt["schedule"])
             self.scaler.load_state_dict(ckpt["scaler"])
+            if self.ema is not None:
+                if ckpt.get("ema") is None:
+                    raise KeyError("the checkpoint has no EMA weights (train.ema_decay was 0)")
+                self.ema.load_state_dict(ckpt["ema"])
         except (RuntimeError, ValueError, KeyError) as e:
             raise CheckpointError(
                 f"{path} does not fit this model/optimizer: {(str(e).splitlines() or [''])[0]}"

@@ -14,6 +14,7 @@ from torch import nn
 
 from imgcls.config import Config
 from imgcls.engine.callbacks import call
+from imgcls.engine.ema import build_ema
 from imgcls.engine.evaluate import autocast, loss_and_accuracy, predict_logits
 from imgcls.engine.optim import build_optimizer, build_schedule
 from imgcls.engine.state import STATE_FILE, TrainState, save_weights
@@ -53,7 +54,7 @@ def new_state(model: Classifier, cfg: Config, timed: bool = False) -> TrainState
     schedule = build_schedule(optimizer, cfg.optim, None if timed else cfg.train.epochs)
     fp16 = autocast_dtype(device, cfg.train.amp) == torch.float16
     scaler = torch.amp.GradScaler(device.type, enabled=fp16)
-    return TrainState(model, optimizer, schedule, scaler)
+    return TrainState(model, optimizer, schedule, scaler, ema=build_ema(model, cfg.train.ema_decay))
 
 
 def fit(
@@ -78,6 +79,8 @@ def fit(
     device = next(model.parameters()).device
     amp_dtype = autocast_dtype(device, cfg.train.amp)
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing)
+    # The compiled module shares the model's parameters; evaluation and checkpoints use the model itself.
+    forward = torch.compile(model) if cfg.train.compile else model
     call(callbacks, "on_fit_start", state=state, epochs=None if plan.timed else plan.epochs)
 
     for epoch in range(state.epoch, plan.max_epochs):
@@ -99,7 +102,7 @@ def fit(
             if cfg.train.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with autocast(device, amp_dtype):
-                logits = model(x)
+                logits = forward(x)
             loss = criterion(logits.float(), y)
             state.optimizer.zero_grad(set_to_none=True)
             state.scaler.scale(loss).backward()
@@ -108,6 +111,8 @@ def fit(
                 nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
             state.scaler.step(state.optimizer)
             state.scaler.update()
+            if state.ema is not None:
+                state.ema.update_parameters(model)
             state.step += 1
             loss_sum += loss.detach() * len(y)
             hard = y if y.ndim == 1 else y.argmax(1)  # mixed (soft) targets count by their main class
@@ -128,7 +133,7 @@ def fit(
         }
         if val_loader is not None and (finished or not plan.timed):
             logits, labels = predict_logits(
-                model, val_loader, amp_dtype=amp_dtype, channels_last=cfg.train.channels_last
+                state.eval_model, val_loader, amp_dtype=amp_dtype, channels_last=cfg.train.channels_last
             )
             val_loss, val_acc = loss_and_accuracy(logits, labels, cfg.train.label_smoothing)
             metrics |= {"val_loss": val_loss, "val_acc": val_acc}
@@ -152,5 +157,5 @@ def _checkpoint(cfg: Config, state: TrainState, metrics: dict[str, float], run_d
         if val_acc is not None:
             state.best_metric = val_acc
         state.best_epoch = state.epoch
-        save_weights(state.model, run_dir, {"best_epoch": state.best_epoch, "best_val_acc": val_acc})
+        save_weights(state.eval_model, run_dir, {"best_epoch": state.best_epoch, "best_val_acc": val_acc})
     state.save(run_dir / STATE_FILE, cfg.to_dict())

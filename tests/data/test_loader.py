@@ -152,3 +152,62 @@ def test_builtin_datasets_are_cached_as_safetensors(tmp_path, monkeypatch):
     (tmp_path / "cache" / "digits.safetensors").write_bytes(b"corrupt")
     monkeypatch.setattr(datasets, "_digits", lambda: first)
     assert datasets.digits().classes == first.classes  # a corrupt cache is rebuilt, not fatal
+
+
+def test_decoded_folders_are_cached_and_invalidated(image_tree: Path, tmp_path, monkeypatch):
+    from imgcls.data import memory
+
+    monkeypatch.setenv("IMGCLS_DATA", str(tmp_path / "cache-root"))
+    cfg = DataConfig(name=str(image_tree), cache="ram")
+    first = prepare(open_dataset(cfg), cfg, 16, 3)
+    assert list((tmp_path / "cache-root" / "cache" / "decoded").glob("*.safetensors"))
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("decoded again despite the cache")
+
+    monkeypatch.setattr(memory, "decode_files", no_decoding)
+    second = prepare(open_dataset(cfg), cfg, 16, 3)
+    assert torch.equal(first.train.images, second.train.images) and first.train.paths == second.train.paths
+    (image_tree / "circle" / "circle_0.png").write_bytes(b"now corrupt")  # a changed file: decode afresh
+    import pytest
+
+    with pytest.raises(AssertionError, match="decoded again"):
+        prepare(open_dataset(cfg), cfg, 16, 3)
+
+
+def test_cutout_zeroes_a_square_per_image():
+    x = torch.ones(16, 1, 12, 12)
+    out = BatchAugment(12, flip=False, cutout=4, crop=False)(x, torch.Generator().manual_seed(0))
+    zeros = (out == 0).sum((1, 2, 3))
+    assert (zeros > 0).all() and (zeros <= 16).all()  # at most 4x4, fewer where it leaves the image
+
+
+def test_mixup_and_cutmix_give_soft_labels_that_sum_to_one():
+    from imgcls.data.memory import BatchMix
+
+    x = torch.rand(8, 1, 10, 10)
+    y = torch.arange(8) % 4
+    for mix in (BatchMix(4, mixup=0.4), BatchMix(4, cutmix=1.0), BatchMix(4, mixup=0.2, cutmix=1.0)):
+        mx, my = mix(x, y, torch.Generator().manual_seed(1))
+        assert mx.shape == x.shape and my.shape == (8, 4)
+        assert torch.allclose(my.sum(1), torch.ones(8)) and (my >= 0).all()
+
+
+def test_mixed_training_runs_end_to_end(tmp_path):
+    import imgcls
+
+    over = {
+        "log.progress": False,
+        "train.amp": "off",
+        "data.mixup": 0.2,
+        "data.cutmix": 1.0,
+        "data.cutout": 2,
+    }
+    result = imgcls.train(
+        data="digits",
+        model="tutorial-cnn",
+        epochs=2,
+        out=tmp_path / "r",
+        overrides={**over, "optim.lr": 0.05},
+    )
+    assert 0 <= result.history[-1]["train_acc"] <= 1 and result.test["num_samples"] == 359

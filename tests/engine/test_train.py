@@ -45,15 +45,17 @@ class StopAfter:
 
 
 def test_resume_equals_an_uninterrupted_run_bitwise(tmp_path: Path):
-    args = {"data": "digits", "model": "smallnet", "epochs": 3, "overrides": {**FAST, "model.drop_rate": 0.2}}
+    over = {**FAST, "model.drop_rate": 0.2, "train.ema_decay": 0.9, "data.augment": "crop", "data.mixup": 0.2}
+    args = {"data": "digits", "model": "smallnet", "epochs": 3, "overrides": over}
     straight = imgcls.train(out=tmp_path / "a", **args)
     imgcls.train(out=tmp_path / "b", callbacks=[StopAfter(1)], **args)  # "crashes" after epoch 1
     assert read_state(tmp_path / "b" / "state.pt")["epoch"] == 1
     resumed = imgcls.train(resume=tmp_path / "b")
     a, b = read_state(tmp_path / "a" / "state.pt"), read_state(tmp_path / "b" / "state.pt")
     assert a["epoch"] == b["epoch"] == 3 and a["step"] == b["step"]
-    for key, tensor in a["model"].items():
-        assert torch.equal(tensor, b["model"][key]), key
+    for part in ("model", "ema"):
+        for key, tensor in a[part].items():
+            assert torch.equal(tensor, b[part][key]), f"{part}.{key}"
     assert straight.test["accuracy"] == resumed.test["accuracy"]
     assert [r["train_loss"] for r in straight.history] == [r["train_loss"] for r in resumed.history]
 
@@ -85,3 +87,30 @@ def test_tensorboard_logging(tmp_path: Path):
         overrides={**FAST, "log.tensorboard": True},
     )
     assert list((tmp_path / "r" / "tensorboard").glob("events.out.tfevents.*"))
+
+
+@pytest.mark.slow
+def test_compiled_training(tmp_path: Path):
+    """torch.compile on CPU takes ~1 minute to compile, so this runs with the slow tests."""
+    result = imgcls.train(
+        data="digits",
+        epochs=2,
+        out=tmp_path / "r",
+        overrides={**FAST, "train.compile": True, "model.width": 4},
+    )
+    assert result.test["accuracy"] > 0.5
+
+
+def test_ema_weights_are_the_ones_saved(tmp_path: Path):
+    result = imgcls.train(
+        data="digits",
+        model="tutorial-cnn",
+        epochs=2,
+        out=tmp_path / "r",
+        overrides={**FAST, "train.ema_decay": 0.5},
+    )
+    saved = load_file(str(result.run_dir / "model.safetensors"))
+    state = read_state(result.run_dir / "state.pt")
+    ema = {k.removeprefix("module."): v for k, v in state["ema"].items() if k.startswith("module.")}
+    assert torch.equal(saved["head.weight"], ema["head.weight"])
+    assert not torch.equal(saved["head.weight"], state["model"]["head.weight"])
