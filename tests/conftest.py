@@ -10,6 +10,18 @@ import pytest
 from PIL import Image
 
 CLASSES = ("circle", "cross", "square")
+# What every finished run folder holds (README, "Run folder").
+RUN_FILES = (
+    "config.yaml",
+    "metrics.csv",
+    "model.safetensors",
+    "model.json",
+    "state.pt",
+    "curves.png",
+    "confusion_matrix.png",
+    "eval.json",
+    "report.md",
+)
 
 
 def make_image(label: int, rng: np.random.Generator, size: int = 32) -> Image.Image:

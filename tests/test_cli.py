@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from imgcls import cli
-from tests.conftest import CLASSES, make_image
+from tests.conftest import CLASSES, RUN_FILES, make_image
 
 TINY = [
     "--epochs",
@@ -56,16 +56,7 @@ def test_every_command_has_help(command, capsys):
 
 def test_train_writes_a_complete_run_folder(folder_run):
     _, run = folder_run
-    for name in (
-        "config.yaml",
-        "metrics.csv",
-        "model.safetensors",
-        "model.json",
-        "state.pt",
-        "curves.png",
-        "confusion_matrix.png",
-        "eval.json",
-    ):
+    for name in RUN_FILES:
         assert (run / name).is_file(), name
     meta = json.loads((run / "model.json").read_text())
     assert meta["classes"] == list(CLASSES) and meta["in_chans"] == 3 and meta["input_size"] == 16

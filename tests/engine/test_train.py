@@ -10,6 +10,7 @@ import imgcls
 from imgcls.config import OptimConfig
 from imgcls.engine.optim import lr_factor
 from imgcls.engine.state import read_state
+from tests.conftest import RUN_FILES
 
 FAST = {"train.amp": "off", "log.progress": False, "data.batch_size": 64, "optim.lr": 0.05}
 
@@ -20,17 +21,7 @@ def test_tiny_run_improves_and_writes_the_run_folder(tmp_path: Path):
     assert history[-1]["train_loss"] < history[0]["train_loss"]
     assert history[-1]["val_acc"] > 0.8 and result.test["accuracy"] > 0.8
     files = {p.name for p in result.run_dir.iterdir()}
-    expected = {
-        "config.yaml",
-        "metrics.csv",
-        "model.safetensors",
-        "model.json",
-        "state.pt",
-        "curves.png",
-        "confusion_matrix.png",
-        "eval.json",
-        "report.md",
-    }
+    expected = set(RUN_FILES)
     assert expected <= files
     assert len((result.run_dir / "metrics.csv").read_text().strip().splitlines()) == 7  # header + 6 epochs
     assert not [p for p in result.run_dir.iterdir() if p.name.endswith(".tmp")]
