@@ -16,14 +16,22 @@ from imgcls.config import Config, DataConfig
 from imgcls.data.datasets import DataBundle, DataError, Split, open_dataset
 from imgcls.data.loader import build_loader, prepare, resolve_channels
 from imgcls.engine.callbacks import CSVLogger, ProgressLogger, TensorBoardLogger
-from imgcls.engine.evaluate import predict_logits
+from imgcls.engine.evaluate import predict_logits, predict_split
 from imgcls.engine.state import STATE_FILE, WEIGHTS_FILE, CheckpointError, load_weights
 from imgcls.engine.train import Plan, fit, new_state
 from imgcls.inference.predict import Predictor
 from imgcls.metrics import classification_report
 from imgcls.models import Classifier, build_model, default_input_size
 from imgcls.report import markdown_summary, plot_confusion, plot_curves, print_table
-from imgcls.utils.env import autocast_dtype, process_age, seed_everything, select_device, set_threads
+from imgcls.utils import dist
+from imgcls.utils.env import (
+    autocast_dtype,
+    process_age,
+    seed_everything,
+    select_device,
+    set_deterministic,
+    set_threads,
+)
 from imgcls.utils.io import new_run_dir, write_json, write_text
 
 log = logging.getLogger("imgcls")
@@ -82,17 +90,23 @@ def train(
     start = time.perf_counter() - (process_age() if count_startup else 0.0)
     cfg = _resolve_config(cfg, config, resume, overrides, shorthands)
     device = _setup(cfg)
-    bundle, size, channels = _load_data(cfg.data, cfg.model.name)
+    launch = _launch_record(cfg)
+    with dist.main_first():  # rank 0 fills the dataset caches; the others then read them
+        bundle, size, channels = _load_data(cfg.data, cfg.model.name)
     cfg = size_to_run(cfg, bundle.flip_ok)
     model = _new_model(cfg, bundle, size, channels).to(device)
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    run_dir = _open_run_dir(cfg)
+    torch.manual_seed(cfg.train.seed + dist.rank())  # same initial weights everywhere; own dropout per rank
+    run_dir = Path(dist.broadcast_object(str(_open_run_dir(cfg)) if dist.is_main() else None))
     cfg = cfg.replace({"out": str(run_dir)})
-    config_lib.save(cfg, run_dir / "config.yaml")
+    if dist.is_main():
+        config_lib.save(cfg, run_dir / "config.yaml", launch)
     log.info("run folder %s: %s on %s (%d classes, %dx%dx%d, %d train / %s val images) on %s",
              run_dir, cfg.model.name, cfg.data.name, len(bundle.classes), channels, size, size,
              len(bundle.train), len(bundle.val) if bundle.val else 0, device)  # fmt: skip
+    if launch:
+        log.info("distributed: %s", ", ".join(f"{k}={v}" for k, v in launch.items()))
 
     loader_args = {
         "size": size,
@@ -100,6 +114,8 @@ def train(
         "device": device,
         "flip": bundle.flip_ok,
         "seed": cfg.train.seed,
+        "rank": dist.rank(),
+        "world": dist.world_size(),
     }
     train_loader = build_loader(
         bundle.train, cfg.data, train=True, num_classes=len(bundle.classes), **loader_args
@@ -117,7 +133,9 @@ def train(
 
     test = None
     if bundle.test is not None:
-        load_weights(model, run_dir / WEIGHTS_FILE)  # evaluate the best checkpoint, as `imgcls eval` would
+        if dist.is_main():  # evaluate the best checkpoint, as `imgcls eval` would
+            load_weights(model, run_dir / WEIGHTS_FILE)
+        dist.broadcast_module(model)  # other ranks (maybe on other machines) get rank 0's weights
         test_loader = build_loader(bundle.test, cfg.data, train=False, **loader_args)
         test = _evaluate_and_write(model, test_loader, bundle.classes, run_dir, "test", cfg)
     elapsed = time.perf_counter() - start
@@ -150,9 +168,11 @@ def _fit_logged(
     cfg: Config, state, plan: Plan, train_loader, val_loader, run_dir: Path, callbacks: Sequence[Any]
 ):
     """`fit` with the standard loggers, a resume hint on Ctrl-C, and the curves plot at the end."""
-    loggers: list[Any] = [ProgressLogger(cfg.log.progress), CSVLogger(run_dir / "metrics.csv")]
-    if cfg.log.tensorboard:
-        loggers.append(TensorBoardLogger(run_dir / "tensorboard"))
+    loggers: list[Any] = []
+    if dist.is_main():  # the other ranks see the same (reduced) metrics: one writer is enough
+        loggers += [ProgressLogger(cfg.log.progress), CSVLogger(run_dir / "metrics.csv")]
+        if cfg.log.tensorboard:
+            loggers.append(TensorBoardLogger(run_dir / "tensorboard"))
     try:
         state = fit(cfg, state, plan, train_loader, val_loader, run_dir, [*loggers, *callbacks])
     except KeyboardInterrupt:
@@ -160,7 +180,7 @@ def _fit_logged(
             "interrupted after epoch %d; continue with: imgcls train --resume %s", state.epoch, run_dir
         )
         raise
-    if state.history:
+    if state.history and dist.is_main():
         plot_curves(state.history, run_dir / "curves.png")
     return state
 
@@ -170,12 +190,15 @@ def evaluate(run_dir: str | Path, data: str | None = None, split: str = "test", 
     """Evaluates a run's best model on a split of `data` (default: the data it was trained on).
 
     Writes eval.json (test split) or eval-<split>.json, and the confusion-matrix PNG, into the run folder.
+    Under torchrun each process evaluates a contiguous shard and rank 0 writes the gathered result.
 
     Example:
         >>> imgcls.evaluate("runs/my-run", split="test")["accuracy"]                # doctest: +SKIP
     """
     run_dir = Path(run_dir)
-    predictor = Predictor.from_run(run_dir, device=device)
+    torch_device = select_device(device, local_rank=dist.local_rank())
+    dist.init(torch_device)
+    predictor = Predictor.from_run(run_dir, device=str(torch_device))
     cfg = _run_config(run_dir)
     data_cfg = replace(
         cfg.data, name=data or cfg.data.name, cache="auto" if cfg.data.cache == "off" else cfg.data.cache
@@ -183,8 +206,9 @@ def evaluate(run_dir: str | Path, data: str | None = None, split: str = "test", 
     if batch_size:
         data_cfg = replace(data_cfg, eval_batch_size=batch_size)
     meta = predictor.meta
-    bundle = _align_classes(open_dataset(data_cfg), meta.classes)
-    bundle = prepare(bundle, data_cfg, meta.input_size, meta.in_chans)
+    with dist.main_first():
+        bundle = _align_classes(open_dataset(data_cfg), meta.classes)
+        bundle = prepare(bundle, data_cfg, meta.input_size, meta.in_chans)
     loader = build_loader(
         bundle.split(split),
         data_cfg,
@@ -192,9 +216,11 @@ def evaluate(run_dir: str | Path, data: str | None = None, split: str = "test", 
         channels=meta.in_chans,
         device=predictor.device,
         train=False,
+        rank=dist.rank(),
+        world=dist.world_size(),
     )
     result = _evaluate_and_write(predictor.model, loader, meta.classes, run_dir, split, cfg)
-    if show:
+    if show and dist.is_main():
         print_table(result, f"{run_dir.name}: {split} split of {data_cfg.name}")
     return result
 
@@ -209,11 +235,34 @@ def load(run_dir: str | Path, device: str = "auto") -> Predictor:
 
 
 def _setup(cfg: Config) -> torch.device:
+    """Threads, determinism, seeds, the device and, under torchrun, the process group."""
     set_threads(cfg.train.threads)
+    set_deterministic(cfg.train.deterministic)
     seed_everything(cfg.train.seed)
-    device = select_device(cfg.train.device)
+    device = select_device(cfg.train.device, local_rank=dist.local_rank())
     autocast_dtype(device, cfg.train.amp)  # fail now, not after loading data, on an impossible amp setting
+    dist.init(device)
     return device
+
+
+def _launch_record(cfg: Config) -> dict[str, Any] | None:
+    """World size and batch sizes of a distributed run, checked, for the log and config.yaml."""
+    world = dist.world_size()
+    if world == 1:
+        return None
+    if cfg.data.batch_size % world:
+        raise config_lib.ConfigError(
+            f"data.batch_size={cfg.data.batch_size} is the global batch and must divide among {world} processes"
+        )
+    return {
+        "world_size": world,
+        "backend": dist.backend(),
+        "global_batch_size": cfg.data.batch_size,
+        "batch_size_per_rank": cfg.data.batch_size // world,
+        # The batch (and so the lr) is defined globally: the same config trains the same way on any world size.
+        "lr_scaling": "none (data.batch_size and optim.lr are global)",
+        "lr": cfg.optim.lr,
+    }
 
 
 def run_length(cfg: Config) -> str:
@@ -319,13 +368,15 @@ def _evaluate_and_write(
     model: Classifier, loader, classes: list[str], run_dir: Path, split: str, cfg: Config
 ) -> dict[str, Any]:
     device = next(model.parameters()).device
-    logits, labels = predict_logits(
+    logits, labels = predict_split(
         model, loader, amp_dtype=autocast_dtype(device, cfg.train.amp), channels_last=cfg.train.channels_last
     )
     if not len(labels):
         raise DataError(f"the {split} split has no usable images")
     result = classification_report(logits, labels, classes)
     result = {"split": split, "data": cfg.data.name, "model": model.meta.name, **result}
+    if not dist.is_main():
+        return result
     write_json(run_dir / ("eval.json" if split == "test" else f"eval-{split}.json"), result)
     suffix = "" if split == "test" else f"-{split}"
     plot_confusion(

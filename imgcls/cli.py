@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 
 from imgcls import __version__
@@ -105,6 +106,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     result = api.train(
         config=args.config, resume=args.resume, overrides=overrides, count_startup=True, **shorthands
     )
+    if not _is_rank_zero():
+        return 0
     if result.test:
         from imgcls.report import print_table
 
@@ -126,7 +129,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         device=args.device,
         show=not args.json,
     )
-    if args.json:
+    if args.json and _is_rank_zero():
         print(json.dumps(result))
     return 0
 
@@ -173,6 +176,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return (ConfigError, RegistryError, DataError, ImageDecodeError, CheckpointError, ModelError, DeviceError)
 
 
+def _is_rank_zero() -> bool:
+    """Under torchrun only rank 0 prints; the others log warnings and errors only."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def setup_logging(quiet: bool) -> None:
     """Rich output on a terminal; plain lines (no wrapping, no colour codes) in logs and CI."""
     if sys.stderr.isatty():
@@ -184,7 +192,7 @@ def setup_logging(quiet: bool) -> None:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(_PlainFormatter())
     log.handlers[:] = [handler]
-    log.setLevel(logging.WARNING if quiet else logging.INFO)
+    log.setLevel(logging.WARNING if quiet or not _is_rank_zero() else logging.INFO)
     log.propagate = False
 
 
@@ -208,7 +216,17 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(e, _user_errors()):
             print(f"error: {e}", file=sys.stderr)
             return 2
+        from imgcls.engine.train import TrainingError
+
+        if isinstance(e, TrainingError):  # a run that cannot go on (non-finite loss): one line, exit 1
+            print(f"error: {e}", file=sys.stderr)
+            return 1
         raise
+    finally:
+        if "torch" in sys.modules:  # leave torchrun's process group cleanly
+            from imgcls.utils import dist
+
+            dist.shutdown()
 
 
 if __name__ == "__main__":

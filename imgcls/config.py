@@ -17,6 +17,8 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 
+LAUNCH_KEY = "launch"
+
 
 class ConfigError(ValueError):
     """A bad config key or value; the message names the key and what is allowed."""
@@ -101,6 +103,18 @@ class TrainConfig:
     device: str = "auto"  # auto, cpu, cuda, cuda:1, mps
     threads: int | None = None  # CPU threads; None: all cores
     tta: Literal["auto", "flip", "off"] = "auto"  # evaluate on image + mirror; auto: when trained with flips
+    checkpoint_every: int = (
+        0  # also save the training state every N optimizer steps (mid-epoch); 0: epochs only
+    )
+    deterministic: bool = (
+        False  # deterministic kernels only (torch.use_deterministic_algorithms); slower on GPU
+    )
+    skip_nonfinite: bool = (
+        False  # skip a step whose loss is NaN/inf (and count it) instead of stopping the run
+    )
+    sync_bn: bool = (
+        False  # distributed runs: BatchNorm statistics over the global batch (SyncBatchNorm, GPUs)
+    )
 
     def validate(self) -> None:
         _check(self.epochs >= 1, "train.epochs", "must be >= 1")
@@ -110,6 +124,7 @@ class TrainConfig:
         _check(self.grad_clip >= 0, "train.grad_clip", "must be >= 0")
         _check(0 <= self.ema_decay < 1, "train.ema_decay", "must be in [0, 1)")
         _check(self.threads is None or self.threads >= 1, "train.threads", "must be >= 1")
+        _check(self.checkpoint_every >= 0, "train.checkpoint_every", "must be >= 0")
         dev = self.device.split(":")[0]
         _check(dev in ("auto", "cpu", "cuda", "mps"), "train.device", "must be auto, cpu, cuda[:N] or mps")
 
@@ -155,6 +170,7 @@ def load(path: str | Path | None = None, overrides: dict[str, Any] | None = None
     values: dict[str, Any] = {}
     if path is not None:
         values = read_yaml(path)
+        values.pop(LAUNCH_KEY, None)  # a run folder's record of how it was launched: informative only
     cfg = Config.from_dict(values)
     return cfg.replace(overrides or {})
 
@@ -186,8 +202,10 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     return out
 
 
-def save(cfg: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+def save(cfg: Config, path: str | Path, launch: dict[str, Any] | None = None) -> None:
+    """Writes the config as YAML; `launch` (world size, batch per rank...) is recorded under `launch:`."""
+    values = cfg.to_dict() | ({LAUNCH_KEY: launch} if launch else {})
+    Path(path).write_text(yaml.safe_dump(values, sort_keys=False))
 
 
 def parse_duration(text: str) -> float:

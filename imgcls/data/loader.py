@@ -20,7 +20,14 @@ from PIL import Image
 from imgcls.config import DataConfig
 from imgcls.data.datasets import DataBundle, DataError, Split, data_root
 from imgcls.data.decode import ImageDecodeError, open_image
-from imgcls.data.memory import BatchAugment, BatchMix, MemoryLoader, decode_files_cached
+from imgcls.data.memory import (
+    BatchAugment,
+    BatchMix,
+    MemoryLoader,
+    batch_generator,
+    decode_files_cached,
+    epoch_batches,
+)
 from imgcls.data.transforms import to_float, to_square, train_augment
 
 log = logging.getLogger("imgcls")
@@ -98,11 +105,14 @@ def build_loader(
     flip: bool = True,
     seed: int = 0,
     num_classes: int | None = None,
+    rank: int = 0,
+    world: int = 1,
 ) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
     """A MemoryLoader for in-RAM splits (unless data.cache=off), else a streaming DataLoader.
 
     Training batches get the configured augmentation; mixup/cutmix (which need `num_classes`) turn
-    their labels into soft label vectors.
+    their labels into soft label vectors. In a distributed run (`world` > 1) each rank gets its share:
+    its part of every global batch of `cfg.batch_size` when training, a contiguous chunk when evaluating.
     """
     batch = cfg.batch_size if train else cfg.eval_batch_size
     aug_mode = cfg.augment if cfg.augment != "auto" else ("crop-flip" if flip else "crop")
@@ -117,22 +127,27 @@ def build_loader(
         augment = BatchAugment(size, use_flip, cutout, crop=crop) if crop or cutout else None
         return MemoryLoader(
             split.images, split.labels, batch, device=device, shuffle=train, augment=augment, mix=mix,
-            drop_last=train, seed=seed,
+            drop_last=train, seed=seed, rank=rank, world=world,
         )  # fmt: skip
     transform = train_augment(size, use_flip, cutout, crop=crop) if crop or cutout else None
-    dataset = StreamDataset(split, size, channels, transform)
-    workers = _workers(cfg, split)
+    dataset = StreamDataset(split, size, channels, transform, seed=seed)
     return StreamLoader(
-        dataset, batch, device=device, shuffle=train, drop_last=train, seed=seed, workers=workers, mix=mix
-    )
+        dataset, batch, device=device, shuffle=train, drop_last=train, seed=seed, workers=_workers(cfg, split),
+        mix=mix, rank=rank, world=world,
+    )  # fmt: skip
 
 
 class StreamDataset(torch.utils.data.Dataset):
-    """Per-sample decoding (files) or indexing (tensors), then torchvision v2 augmentation."""
+    """Per-sample decoding (files) or indexing (tensors), then torchvision v2 augmentation.
 
-    def __init__(self, split: Split, size: int, channels: int, transform=None) -> None:
+    Each sample's augmentation draws from its own seed (seed, epoch, index), whichever worker decodes
+    it, so the streamed batches of an epoch are the same on every run and after a resume.
+    """
+
+    def __init__(self, split: Split, size: int, channels: int, transform=None, seed: int = 0) -> None:
         self.split, self.size, self.channels, self.transform = split, size, channels, transform
         self.square = to_square(size)
+        self.seed, self.epoch = seed, 0
 
     def __len__(self) -> int:
         return len(self.split)
@@ -147,39 +162,67 @@ class StreamDataset(torch.utils.data.Dataset):
                 log.warning("skipped unreadable image %s", e)
                 return None
         if self.transform is not None:
-            image = self.transform(image)
+            # torchvision transforms draw from the global RNG: fork it so training's own stream is untouched.
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(batch_generator(self.seed, self.epoch, i).initial_seed())
+                image = self.transform(image)
         return image, int(self.split.labels[i])
 
 
-class StreamLoader:
-    """A DataLoader whose shuffle order and worker seeds depend only on (seed, epoch)."""
+class _EpochBatches(torch.utils.data.Sampler):
+    """The DataLoader's batch sampler: `epoch_batches` of the current epoch, from `start` on."""
 
-    def __init__(self, dataset, batch_size, *, device, shuffle, drop_last, seed, workers, mix=None) -> None:
-        self.device, self.seed, self.epoch, self.mix = device, seed, 0, mix
-        self.generator = torch.Generator()
+    def __init__(self, n: int, batch_size: int, **kwargs) -> None:
+        self.n, self.batch_size, self.kwargs = n, batch_size, kwargs
+        self.epoch, self.start = 0, 0
+
+    def _batches(self) -> list[torch.Tensor]:
+        return epoch_batches(self.n, self.batch_size, epoch=self.epoch, **self.kwargs)
+
+    def __len__(self) -> int:
+        return len(self._batches())
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for batch in self._batches()[self.start :]:
+            yield batch.tolist()
+
+
+class StreamLoader:
+    """A DataLoader whose batches (order, rank shard, augmentation) depend only on (seed, epoch)."""
+
+    def __init__(
+        self, dataset: StreamDataset, batch_size: int, *, device: torch.device, shuffle: bool, drop_last: bool,
+        seed: int, workers: int, mix: BatchMix | None = None, rank: int = 0, world: int = 1,
+    ) -> None:  # fmt: skip
+        self.device, self.seed, self.epoch, self.start_batch, self.mix = device, seed, 0, 0, mix
+        self.rank, self.dataset = rank, dataset
+        self.sampler = _EpochBatches(
+            len(dataset), batch_size, shuffle=shuffle, drop_last=drop_last, seed=seed, rank=rank, world=world
+        )
         self.loader = torch.utils.data.DataLoader(
-            dataset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last and len(dataset) > batch_size,
-            num_workers=workers, collate_fn=_collate_present, generator=self.generator,
+            dataset, batch_sampler=self.sampler, num_workers=workers, collate_fn=_collate_present,
             pin_memory=device.type == "cuda", persistent_workers=False,
         )  # fmt: skip
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.epoch, self.start_batch = epoch, start_batch
 
     def __len__(self) -> int:
-        return len(self.loader)
+        return len(self.sampler)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        self.generator.manual_seed(self.seed * 1_000_003 + self.epoch)
-        mix_gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch + 1)
-        for images, labels in self.loader:
+        # Workers start at iter() with a copy of the dataset: set the epoch first.
+        self.sampler.epoch, self.sampler.start, self.dataset.epoch = self.epoch, self.start_batch, self.epoch
+        for b, (images, labels) in enumerate(self.loader, start=self.start_batch):
             if not len(labels):
                 continue
             x, y = (
                 to_float(images.to(self.device, non_blocking=True)),
                 labels.to(self.device, non_blocking=True),
             )
-            yield self.mix(x, y, mix_gen) if self.mix is not None else (x, y)
+            if self.mix is not None:
+                x, y = self.mix(x, y, batch_generator(self.seed, self.epoch, b, self.rank))
+            yield x, y
 
 
 def _collate_present(items: list) -> tuple[torch.Tensor, torch.Tensor]:

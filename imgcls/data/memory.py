@@ -93,11 +93,47 @@ class BatchMix:
         return x, lam * one_hot + (1 - lam) * one_hot[perm]
 
 
+def batch_generator(seed: int, epoch: int, batch: int, rank: int = 0) -> torch.Generator:
+    """The random stream of one batch: a function of (seed, epoch, batch, rank) only.
+
+    Seeding each batch on its own lets a run resumed in the middle of an epoch draw exactly the
+    augmentations it would have drawn without the interruption.
+    """
+    digest = hashlib.blake2b(f"{seed}:{epoch}:{batch}:{rank}".encode(), digest_size=8).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest, "little") >> 1)
+
+
+def epoch_batches(
+    n: int,
+    batch_size: int,
+    *,
+    shuffle: bool,
+    drop_last: bool,
+    seed: int,
+    epoch: int,
+    rank: int = 0,
+    world: int = 1,
+) -> list[torch.Tensor]:
+    """The sample indices of each of this rank's batches in one epoch.
+
+    Training (shuffle): one permutation per (seed, epoch), cut into global batches of `batch_size`,
+    each split into `world` equal parts; rank r takes part r. So N ranks together see exactly the
+    batches a single process would, and their averaged gradients equal its gradient.
+    Evaluation: rank r takes the r-th contiguous chunk, so gathering in rank order restores the order.
+    """
+    if not shuffle:
+        own = torch.arange(n).tensor_split(world)[rank]
+        return list(own.split(batch_size))
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+    count = n // batch_size if drop_last and n > batch_size else math.ceil(n / batch_size)
+    return [order[b * batch_size : (b + 1) * batch_size].tensor_split(world)[rank] for b in range(count)]
+
+
 class MemoryLoader:
     """Iterates (float images in [0, 1], labels) batches from uint8 tensors held on `device`.
 
-    The order and augmentation of epoch `e` depend only on (seed, e), so a resumed run sees the
-    same batches as an uninterrupted one.
+    Order and augmentation depend only on (seed, epoch, batch index, rank), so a resumed run (even one
+    resumed mid-epoch with `set_epoch(epoch, start_batch)`) sees the same batches as an uninterrupted one.
     """
 
     def __init__(
@@ -112,30 +148,36 @@ class MemoryLoader:
         mix: BatchMix | None = None,
         drop_last: bool = False,
         seed: int = 0,
+        rank: int = 0,
+        world: int = 1,
     ) -> None:
         self.images = images.to(device)
         self.labels = labels.to(device)
         self.batch_size = batch_size
         self.shuffle, self.augment, self.mix, self.seed = shuffle, augment, mix, seed
-        self.drop_last = drop_last and len(labels) > batch_size
-        self.epoch = 0
+        self.drop_last, self.rank, self.world = drop_last, rank, world
+        self.epoch, self.start_batch = 0, 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Selects the epoch to iterate, starting at batch `start_batch` (to resume mid-epoch)."""
+        self.epoch, self.start_batch = epoch, start_batch
+
+    def _batches(self) -> list[torch.Tensor]:
+        return epoch_batches(
+            len(self.labels), self.batch_size, shuffle=self.shuffle, drop_last=self.drop_last,
+            seed=self.seed, epoch=self.epoch, rank=self.rank, world=self.world,
+        )  # fmt: skip
 
     def __len__(self) -> int:
-        n = len(self.labels)
-        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+        return len(self._batches())
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        n = len(self.labels)
-        order = torch.randperm(n, generator=gen) if self.shuffle else torch.arange(n)
-        order = order.to(self.labels.device)
-        for b in range(len(self)):
-            idx = order[b * self.batch_size : (b + 1) * self.batch_size]
+        batches = self._batches()
+        for b in range(self.start_batch, len(batches)):
+            idx = batches[b].to(self.labels.device)
             x = to_float(self.images[idx])
             y = self.labels[idx]
+            gen = batch_generator(self.seed, self.epoch, b, self.rank)
             if self.augment is not None:
                 x = self.augment(x, gen)
             if self.mix is not None:

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from imgcls.models import Classifier
+from imgcls.utils import dist
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):
@@ -39,6 +40,20 @@ def predict_logits(
     if not all_logits:
         return torch.zeros(0, model.meta.num_classes), torch.zeros(0, dtype=torch.long)
     return torch.cat(all_logits).cpu(), torch.cat(all_labels).cpu()
+
+
+def predict_split(
+    model: Classifier,
+    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    *,
+    amp_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`predict_logits` over a whole split; in a distributed run each rank holds a contiguous chunk
+    (see `epoch_batches`) and the chunks are gathered in rank order, so every sample counts once, in order.
+    """
+    logits, labels = predict_logits(model, loader, amp_dtype=amp_dtype, channels_last=channels_last)
+    return dist.gather_cat(logits), dist.gather_cat(labels)
 
 
 def loss_and_accuracy(

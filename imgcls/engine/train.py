@@ -15,10 +15,11 @@ from torch import nn
 from imgcls.config import Config
 from imgcls.engine.callbacks import call
 from imgcls.engine.ema import build_ema
-from imgcls.engine.evaluate import autocast, loss_and_accuracy, predict_logits
+from imgcls.engine.evaluate import autocast, loss_and_accuracy, predict_split
 from imgcls.engine.optim import build_optimizer, build_schedule
-from imgcls.engine.state import STATE_FILE, TrainState, save_weights
+from imgcls.engine.state import STATE_FILE, TrainState, rng_states, save_weights
 from imgcls.models import Classifier
+from imgcls.utils import dist
 from imgcls.utils.env import autocast_dtype
 
 log = logging.getLogger("imgcls")
@@ -57,6 +58,10 @@ def new_state(model: Classifier, cfg: Config, timed: bool = False) -> TrainState
     return TrainState(model, optimizer, schedule, scaler, ema=build_ema(model, cfg.train.ema_decay))
 
 
+class TrainingError(RuntimeError):
+    """Training cannot go on (a non-finite loss); the message names the step and the checkpoint kept."""
+
+
 def fit(
     cfg: Config,
     state: TrainState,
@@ -69,8 +74,9 @@ def fit(
     """Trains `state.model` until `plan` is done, validating and checkpointing after each epoch.
 
     Time-budgeted runs validate once, at the end (validation would eat the budget). Writes
-    RUN_DIR/state.pt (last, for --resume) and RUN_DIR/model.safetensors (best on validation, or last
-    when there is no validation split).
+    RUN_DIR/state.pt (last, for --resume; also every `train.checkpoint_every` steps) and
+    RUN_DIR/model.safetensors (best on validation, or last when there is no validation split).
+    In a distributed run every rank calls fit on its shard; only rank 0 writes.
 
     Example:
         >>> fit(cfg, new_state(model, cfg), Plan(10, len(train)), train, val, "runs/x")   # doctest: +SKIP
@@ -79,23 +85,22 @@ def fit(
     device = next(model.parameters()).device
     amp_dtype = autocast_dtype(device, cfg.train.amp)
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing)
-    # The compiled module shares the model's parameters; evaluation and checkpoints use the model itself.
-    forward = torch.compile(model) if cfg.train.compile else model
+    # DDP and the compiled module share the model's parameters; evaluation and checkpoints use the model.
+    forward = dist.wrap(model, device, sync_bn=cfg.train.sync_bn)
+    forward = torch.compile(forward) if cfg.train.compile else forward
+    saved = _Saver(cfg, state, run_dir)
     call(callbacks, "on_fit_start", state=state, epochs=None if plan.timed else plan.epochs)
 
     for epoch in range(state.epoch, plan.max_epochs):
         if plan.progress(state.step, state.train_seconds) >= 1:
             break
         model.train()
-        train_loader.set_epoch(epoch)
+        train_loader.set_epoch(epoch, state.batch_in_epoch)
         call(callbacks, "on_epoch_start", state=state, epoch=epoch, num_steps=len(train_loader))
         start, base_seconds = time.perf_counter(), state.train_seconds
-        # Running sums stay on the device: no host sync per step.
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.long)
-        seen = 0
+        sums = _EpochSums(device, state.epoch_sums)  # resumed mid-epoch: the sums so far
         for x, y in train_loader:
-            progress = plan.progress(state.step, base_seconds + time.perf_counter() - start)
+            progress = _progress(plan, state.step, base_seconds + time.perf_counter() - start)
             if progress >= 1:
                 break
             state.schedule.set(progress)
@@ -104,6 +109,11 @@ def fit(
             with autocast(device, amp_dtype):
                 logits = forward(x)
             loss = criterion(logits.float(), y)
+            state.step += 1
+            state.batch_in_epoch += 1
+            if not state.scaler.is_enabled() and not _finite(loss):  # fp16: the grad scaler skips such steps
+                _nonfinite(cfg, state, epoch, loss, saved)
+                continue
             state.optimizer.zero_grad(set_to_none=True)
             state.scaler.scale(loss).backward()
             if cfg.train.grad_clip > 0:
@@ -113,49 +123,129 @@ def fit(
             state.scaler.update()
             if state.ema is not None:
                 state.ema.update_parameters(model)
-            state.step += 1
-            loss_sum += loss.detach() * len(y)
-            hard = y if y.ndim == 1 else y.argmax(1)  # mixed (soft) targets count by their main class
-            correct += (logits.detach().argmax(1) == hard).sum()
-            seen += len(y)
-            call(callbacks, "on_step_end", state=state, loss_sum=loss_sum, correct=correct, seen=seen)
+            sums.add(loss, logits, y)
+            call(
+                callbacks,
+                "on_step_end",
+                state=state,
+                loss_sum=sums.loss,
+                correct=sums.correct,
+                seen=sums.seen,
+            )
+            if cfg.train.checkpoint_every and state.step % cfg.train.checkpoint_every == 0:
+                state.train_seconds = base_seconds + time.perf_counter() - start
+                state.epoch_sums = sums.to_dict()
+                saved.save_state()
 
         train_time = time.perf_counter() - start
         state.train_seconds = base_seconds + train_time
-        state.epoch = epoch + 1
+        state.epoch, state.batch_in_epoch, state.epoch_sums = epoch + 1, 0, {}
         finished = state.epoch >= plan.max_epochs or plan.progress(state.step, state.train_seconds) >= 1
-        metrics = {
-            "epoch": state.epoch,
-            "train_loss": loss_sum.item() / max(seen, 1),
-            "train_acc": correct.item() / max(seen, 1),
-            "lr": state.optimizer.param_groups[0]["lr"],
-            "train_img_s": seen / max(train_time, 1e-9),
-        }
+        metrics = {"epoch": state.epoch, **sums.reduced(), "lr": state.optimizer.param_groups[0]["lr"]}
+        metrics["train_img_s"] = metrics.pop("seen") / max(train_time, 1e-9)
         if val_loader is not None and (finished or not plan.timed):
-            logits, labels = predict_logits(
+            logits, labels = predict_split(
                 state.eval_model, val_loader, amp_dtype=amp_dtype, channels_last=cfg.train.channels_last
             )
             val_loss, val_acc = loss_and_accuracy(logits, labels, cfg.train.label_smoothing)
             metrics |= {"val_loss": val_loss, "val_acc": val_acc}
+        if state.skipped_steps:
+            metrics["skipped_steps"] = state.skipped_steps
         metrics["time_s"] = time.perf_counter() - start
         state.history.append(metrics)
         call(callbacks, "on_eval_end", state=state, metrics=metrics)
-        _checkpoint(cfg, state, metrics, run_dir)
+        saved.save_epoch(metrics)
         call(callbacks, "on_checkpoint", state=state, path=run_dir / STATE_FILE)
         if state.should_stop and not finished:
             log.info("stopping early after epoch %d (asked by a callback)", state.epoch)
             break
 
+    dist.barrier()  # rank 0's last checkpoint is complete before any rank reads it
     call(callbacks, "on_fit_end", state=state)
     return state
 
 
-def _checkpoint(cfg: Config, state: TrainState, metrics: dict[str, float], run_dir: Path) -> None:
-    """Best weights (by validation accuracy, else the latest epoch) and the full state, both atomically."""
-    val_acc = metrics.get("val_acc")
-    if val_acc is None or val_acc > state.best_metric:
-        if val_acc is not None:
-            state.best_metric = val_acc
-        state.best_epoch = state.epoch
-        save_weights(state.eval_model, run_dir, {"best_epoch": state.best_epoch, "best_val_acc": val_acc})
-    state.save(run_dir / STATE_FILE, cfg.to_dict())
+def _progress(plan: Plan, step: int, train_seconds: float) -> float:
+    """The plan's progress; a timed distributed run takes the furthest rank's clock, so all stop together."""
+    progress = plan.progress(step, train_seconds)
+    if plan.timed and dist.is_distributed():
+        progress = float(dist.all_reduce_max(torch.tensor([progress], dtype=torch.float64))[0])
+    return progress
+
+
+def _finite(loss: torch.Tensor) -> bool:
+    """Whether the loss is finite on every rank (one rank's NaN must stop or skip the step everywhere)."""
+    bad = (~torch.isfinite(loss.detach())).float().reshape(1)
+    return not bool(dist.all_reduce_max(bad)[0])
+
+
+def _nonfinite(cfg: Config, state: TrainState, epoch: int, loss: torch.Tensor, saved: _Saver) -> None:
+    """Skips the step (train.skip_nonfinite) or stops with the step's name; the last good checkpoint stays."""
+    where = f"step {state.step} (epoch {epoch + 1}, batch {state.batch_in_epoch})"
+    if cfg.train.skip_nonfinite:
+        state.skipped_steps += 1
+        log.warning(
+            "skipped %s: the loss is %s (%d step(s) skipped so far)", where, loss.item(), state.skipped_steps
+        )
+        return
+    kept = (
+        f"the last good checkpoint, {saved.state_path} (after step {saved.step}), is kept"
+        if saved.step is not None
+        else "no checkpoint was written yet"
+    )
+    raise TrainingError(
+        f"the loss became {loss.item()} at {where}; training stopped and {kept}. Try a lower optim.lr, "
+        "train.grad_clip=1.0 or train.amp=off, or skip such steps with train.skip_nonfinite=true"
+    )
+
+
+class _EpochSums:
+    """Loss, correct and seen counts of the epoch so far, kept on the device (no host sync per step)."""
+
+    def __init__(self, device: torch.device, start: dict[str, float]) -> None:
+        self.loss = torch.tensor(float(start.get("loss", 0.0)), device=device)
+        self.correct = torch.tensor(int(start.get("correct", 0)), device=device)
+        self.seen = int(start.get("seen", 0))
+
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
+        self.loss += loss.detach() * len(y)
+        hard = y if y.ndim == 1 else y.argmax(1)  # mixed (soft) targets count by their main class
+        self.correct += (logits.detach().argmax(1) == hard).sum()
+        self.seen += len(y)
+
+    def to_dict(self) -> dict[str, float]:
+        return {"loss": self.loss.item(), "correct": int(self.correct.item()), "seen": self.seen}
+
+    def reduced(self) -> dict[str, float]:
+        """train_loss/train_acc over every rank's samples, and the number seen."""
+        total = torch.stack([self.loss.double(), self.correct.double(), torch.tensor(float(self.seen))])
+        loss, correct, seen = dist.all_reduce_sum(total.to(self.loss.device)).tolist()
+        return {"train_loss": loss / max(seen, 1), "train_acc": correct / max(seen, 1), "seen": seen}
+
+
+class _Saver:
+    """Writes checkpoints from rank 0 only and remembers the step of the last complete one."""
+
+    def __init__(self, cfg: Config, state: TrainState, run_dir: Path) -> None:
+        self.cfg, self.state, self.run_dir = cfg, state, run_dir
+        self.state_path = run_dir / STATE_FILE
+        self.step: int | None = state.step if self.state_path.is_file() else None
+
+    def save_state(self) -> None:
+        rngs = dist.gather_objects(rng_states()) if dist.is_distributed() else None
+        if dist.is_main():
+            self.state.save(self.state_path, self.cfg.to_dict(), rngs)
+        self.step = self.state.step
+
+    def save_epoch(self, metrics: dict[str, float]) -> None:
+        """Best weights (by validation accuracy, else the latest epoch) and the full state, both atomically."""
+        state, val_acc = self.state, metrics.get("val_acc")
+        if val_acc is None or val_acc > state.best_metric:
+            if val_acc is not None:
+                state.best_metric = val_acc
+            state.best_epoch = state.epoch
+            if dist.is_main():
+                save_weights(
+                    state.eval_model, self.run_dir, {"best_epoch": state.best_epoch, "best_val_acc": val_acc}
+                )
+        self.save_state()

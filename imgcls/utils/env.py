@@ -16,8 +16,15 @@ class DeviceError(RuntimeError):
     """The requested device is not available."""
 
 
-def select_device(name: str = "auto") -> torch.device:
-    """`auto` picks cuda, then mps, then cpu; an explicit device must exist."""
+def select_device(name: str = "auto", local_rank: int = 0) -> torch.device:
+    """`auto` picks cuda, then mps, then cpu; an explicit device must exist.
+
+    Under torchrun, `cuda` (or auto on a GPU machine) means this process's GPU: cuda:LOCAL_RANK.
+    """
+    if name in ("auto", "cuda") and torch.cuda.is_available() and local_rank:
+        name = f"cuda:{local_rank}"
+    if name.startswith("cuda:") and torch.cuda.is_available():
+        torch.cuda.set_device(torch.device(name))
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -71,11 +78,22 @@ def _cpu_has_native_bf16() -> bool:
 
 
 def set_threads(threads: int | None) -> int:
-    """Uses `threads` CPU threads (default: the cores this process may run on)."""
+    """Uses `threads` CPU threads (default: the cores this process may run on, shared among the
+    processes torchrun started on this machine, so N ranks do not fight over the same cores)."""
     if threads is None:
-        threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        threads = max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     torch.set_num_threads(threads)
     return threads
+
+
+def set_deterministic(on: bool) -> None:
+    """Deterministic kernels only (an error names any op without one); cuDNN autotuning off."""
+    if on:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # required by deterministic cuBLAS
+    torch.use_deterministic_algorithms(on)
+    torch.backends.cudnn.benchmark = False if on else torch.backends.cudnn.benchmark
+    torch.backends.cudnn.deterministic = on
 
 
 def seed_everything(seed: int) -> None:
