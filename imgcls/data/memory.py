@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
@@ -77,7 +78,8 @@ class BatchMix:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         use_cutmix = self.cutmix > 0 and (self.mixup <= 0 or torch.rand((), generator=gen) < 0.5)
         alpha = self.cutmix if use_cutmix else self.mixup
-        lam = float(torch.distributions.Beta(alpha, alpha).sample())
+        # From `gen`, not the global RNG: a batch's mixing is then a function of its seed alone.
+        lam = float(np.random.default_rng(int(torch.randint(0, 2**62, (), generator=gen))).beta(alpha, alpha))
         perm = torch.randperm(len(y), generator=gen).to(x.device)
         if use_cutmix:
             h, w = x.shape[-2:]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -99,6 +100,7 @@ def fit(
         call(callbacks, "on_epoch_start", state=state, epoch=epoch, num_steps=len(train_loader))
         start, base_seconds = time.perf_counter(), state.train_seconds
         sums = _EpochSums(device, state.epoch_sums)  # resumed mid-epoch: the sums so far
+        skipped_before = state.skipped_steps
         for x, y in train_loader:
             progress = _progress(plan, state.step, base_seconds + time.perf_counter() - start)
             if progress >= 1:
@@ -142,6 +144,9 @@ def fit(
         state.epoch, state.batch_in_epoch, state.epoch_sums = epoch + 1, 0, {}
         finished = state.epoch >= plan.max_epochs or plan.progress(state.step, state.train_seconds) >= 1
         metrics = {"epoch": state.epoch, **sums.reduced(), "lr": state.optimizer.param_groups[0]["lr"]}
+        if not metrics["seen"] and state.skipped_steps > skipped_before:
+            raise TrainingError(f"every step of epoch {state.epoch} had a non-finite loss; the model is broken. "
+                                "Lower optim.lr or set train.grad_clip")  # fmt: skip
         metrics["train_img_s"] = metrics.pop("seen") / max(train_time, 1e-9)
         if val_loader is not None and (finished or not plan.timed):
             logits, labels = predict_split(
@@ -220,7 +225,9 @@ class _EpochSums:
         """train_loss/train_acc over every rank's samples, and the number seen."""
         total = torch.stack([self.loss.double(), self.correct.double(), torch.tensor(float(self.seen))])
         loss, correct, seen = dist.all_reduce_sum(total.to(self.loss.device)).tolist()
-        return {"train_loss": loss / max(seen, 1), "train_acc": correct / max(seen, 1), "seen": seen}
+        if not seen:
+            return {"train_loss": math.nan, "train_acc": math.nan, "seen": 0}
+        return {"train_loss": loss / seen, "train_acc": correct / seen, "seen": seen}
 
 
 class _Saver:

@@ -211,3 +211,20 @@ def test_mixed_training_runs_end_to_end(tmp_path):
         overrides={**over, "optim.lr": 0.05},
     )
     assert 0 <= result.history[-1]["train_acc"] <= 1 and result.test["num_samples"] == 359
+
+
+def test_a_mid_epoch_start_gives_the_rest_of_the_same_epoch(image_tree: Path):
+    """Resuming at batch k yields exactly batches k.. of the uninterrupted epoch, augmentation included."""
+    for cache, workers in (("ram", 0), ("off", 0), ("off", 2)):
+        cfg = DataConfig(name=str(image_tree), batch_size=8, val_split=0.0, test_split=0.0, cache=cache,
+                         workers=workers, augment="crop-flip", cutout=6, mixup=0.3)  # fmt: skip
+        bundle = prepare(open_dataset(cfg), cfg, 32, 3)
+        loader = build_loader(bundle.train, cfg, size=32, channels=3, device=torch.device("cpu"), train=True,
+                              seed=3, num_classes=3)  # fmt: skip
+        loader.set_epoch(2)
+        full = list(loader)
+        loader.set_epoch(2, start_batch=2)
+        rest = list(loader)
+        assert len(full) == 4 and len(rest) == 2, cache
+        for (xa, ya), (xb, yb) in zip(full[2:], rest):
+            assert torch.equal(xa, xb) and torch.equal(ya, yb), (cache, workers)
