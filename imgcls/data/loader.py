@@ -195,7 +195,7 @@ class StreamLoader:
         seed: int, workers: int, mix: BatchMix | None = None, rank: int = 0, world: int = 1,
     ) -> None:  # fmt: skip
         self.device, self.seed, self.epoch, self.start_batch, self.mix = device, seed, 0, 0, mix
-        self.rank, self.dataset = rank, dataset
+        self.rank, self.world, self.dataset = rank, world, dataset
         self.sampler = _EpochBatches(
             len(dataset), batch_size, shuffle=shuffle, drop_last=drop_last, seed=seed, rank=rank, world=world
         )
@@ -215,6 +215,11 @@ class StreamLoader:
         self.sampler.epoch, self.sampler.start, self.dataset.epoch = self.epoch, self.start_batch, self.epoch
         for b, (images, labels) in enumerate(self.loader, start=self.start_batch):
             if not len(labels):
+                if self.world > 1:  # skipping alone would leave the other ranks waiting for this one
+                    raise DataError(
+                        f"batch {b} on rank {self.rank} has no readable image; with several processes use "
+                        "data.cache=ram (unreadable files are dropped before training) or remove the files"
+                    )
                 continue
             x, y = (
                 to_float(images.to(self.device, non_blocking=True)),

@@ -93,7 +93,7 @@ def fit(
     call(callbacks, "on_fit_start", state=state, epochs=None if plan.timed else plan.epochs)
 
     for epoch in range(state.epoch, plan.max_epochs):
-        if plan.progress(state.step, state.train_seconds) >= 1:
+        if _progress(plan, state.step, state.train_seconds) >= 1:
             break
         model.train()
         train_loader.set_epoch(epoch, state.batch_in_epoch)
@@ -142,7 +142,7 @@ def fit(
         train_time = time.perf_counter() - start
         state.train_seconds = base_seconds + train_time
         state.epoch, state.batch_in_epoch, state.epoch_sums = epoch + 1, 0, {}
-        finished = state.epoch >= plan.max_epochs or plan.progress(state.step, state.train_seconds) >= 1
+        finished = state.epoch >= plan.max_epochs or _progress(plan, state.step, state.train_seconds) >= 1
         metrics = {"epoch": state.epoch, **sums.reduced(), "lr": state.optimizer.param_groups[0]["lr"]}
         if not metrics["seen"] and state.skipped_steps > skipped_before:
             raise TrainingError(f"every step of epoch {state.epoch} had a non-finite loss; the model is broken. "

@@ -87,3 +87,21 @@ def test_ddp_evaluation_equals_single_process_evaluation(tmp_path: Path):
     assert ddp["num_samples"] == single["num_samples"] == 359
     assert ddp["confusion_matrix"] == single["confusion_matrix"]
     assert ddp["accuracy"] == single["accuracy"]
+
+
+def test_a_timed_ddp_run_stops_on_every_rank_together(tmp_path: Path):
+    # Each rank has its own clock; the run must still end at the same step everywhere (no hang).
+    out = _imgcls(
+        "train",
+        "--data",
+        "digits",
+        "--model",
+        "smallnet",
+        "--time",
+        "12s",
+        "--out",
+        str(tmp_path / "t"),
+        nproc=2,
+    )
+    assert "test accuracy" in out.stdout
+    assert json.loads((tmp_path / "t" / "eval.json").read_text())["num_samples"] == 359
