@@ -15,14 +15,17 @@ from imgcls import config as config_lib
 from imgcls.config import Config, DataConfig
 from imgcls.data.datasets import DataBundle, DataError, Split, open_dataset
 from imgcls.data.loader import build_loader, prepare, resolve_channels
-from imgcls.engine.callbacks import CSVLogger, ProgressLogger, TensorBoardLogger
+from imgcls.engine.callbacks import CSVLogger, EarlyStopping, ProgressLogger, TensorBoardLogger, Unfreeze
 from imgcls.engine.evaluate import predict_logits, predict_split
+from imgcls.engine.lr_find import lr_range_test
+from imgcls.engine.optim import resolve_optim
 from imgcls.engine.state import STATE_FILE, WEIGHTS_FILE, CheckpointError, load_weights
-from imgcls.engine.train import Plan, fit, new_state
+from imgcls.engine.train import Plan, fit, head_phase, new_state
 from imgcls.inference.predict import Predictor
 from imgcls.metrics import classification_report
 from imgcls.models import Classifier, build_model, default_input_size
-from imgcls.report import markdown_summary, plot_confusion, plot_curves, print_table
+from imgcls.models.transfer import NUM_GROUPS, run_meta
+from imgcls.report import markdown_summary, plot_confusion, plot_curves, plot_lr_find, print_table
 from imgcls.utils import dist
 from imgcls.utils.env import (
     autocast_dtype,
@@ -89,15 +92,9 @@ def train(
     """
     start = time.perf_counter() - (process_age() if count_startup else 0.0)
     cfg = _resolve_config(cfg, config, resume, overrides, shorthands)
-    device = _setup(cfg)
+    cfg, device, bundle, model = _model_and_data(cfg)
+    size, channels = model.meta.input_size, model.meta.in_chans
     launch = _launch_record(cfg)
-    with dist.main_first():  # rank 0 fills the dataset caches; the others then read them
-        bundle, size, channels = _load_data(cfg.data, cfg.model.name)
-    cfg = size_to_run(cfg, bundle.flip_ok)
-    model = _new_model(cfg, bundle, size, channels).to(device)
-    if cfg.train.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    torch.manual_seed(cfg.train.seed + dist.rank())  # same initial weights everywhere; own dropout per rank
     run_dir = Path(dist.broadcast_object(str(_open_run_dir(cfg)) if dist.is_main() else None))
     cfg = cfg.replace({"out": str(run_dir)})
     if dist.is_main():
@@ -108,27 +105,24 @@ def train(
     if launch:
         log.info("distributed: %s", ", ".join(f"{k}={v}" for k, v in launch.items()))
 
-    loader_args = {
-        "size": size,
-        "channels": channels,
-        "device": device,
-        "flip": bundle.flip_ok,
-        "seed": cfg.train.seed,
-        "rank": dist.rank(),
-        "world": dist.world_size(),
-    }
+    loader_args = _loader_args(cfg, bundle, model, device)
     train_loader = build_loader(
         bundle.train, cfg.data, train=True, num_classes=len(bundle.classes), **loader_args
     )
     # A time-budgeted run validates once at its end; with a test split that pass selects nothing: skip it.
     validate = bundle.val is not None and not (cfg.train.time and bundle.test is not None)
     val_loader = build_loader(bundle.val, cfg.data, train=False, **loader_args) if validate else None
+    if cfg.optim.lr == "auto":
+        cfg = cfg.replace({"optim.lr": _find_lr(cfg, model, train_loader, run_dir)})
+        if dist.is_main():
+            config_lib.save(cfg, run_dir / "config.yaml", launch)
     state = new_state(model, cfg, timed=cfg.train.time is not None)
     eval_splits = [s for s in (bundle.val if validate else None, bundle.test) if s is not None]
     plan = _plan(cfg, start, model, len(train_loader), eval_splits)
     if resume is not None:
         state.load(run_dir / STATE_FILE)
         log.info("resumed %s after epoch %d", run_dir, state.epoch)
+    callbacks = [*_recipe_callbacks(cfg), *callbacks]
     state = _fit_logged(cfg, state, plan, train_loader, val_loader, run_dir, callbacks)
 
     test = None
@@ -141,6 +135,62 @@ def train(
     elapsed = time.perf_counter() - start
     log.info("done in %.1fs: %s", elapsed, run_dir)
     return TrainResult(run_dir, test, state.history, elapsed)
+
+
+def _model_and_data(cfg: Config) -> tuple[Config, torch.device, DataBundle, Classifier]:
+    """Device, data (decoded, split) and a new model; `cfg` comes back with its auto settings resolved."""
+    device = _setup(cfg)
+    with dist.main_first():  # rank 0 fills the dataset caches; the others then read them
+        bundle, size, channels = _load_data(cfg.data, cfg.model.name)
+    cfg = size_to_run(resolve_recipe(cfg), bundle.flip_ok)
+    model = _new_model(cfg, bundle, size, channels).to(device)
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    torch.manual_seed(cfg.train.seed + dist.rank())  # same initial weights everywhere; own dropout per rank
+    return cfg, device, bundle, model
+
+
+def _loader_args(cfg: Config, bundle: DataBundle, model: Classifier, device: torch.device) -> dict[str, Any]:
+    return {
+        "size": model.meta.input_size,
+        "channels": model.meta.in_chans,
+        "device": device,
+        "flip": bundle.flip_ok,
+        "seed": cfg.train.seed,
+        "rank": dist.rank(),
+        "world": dist.world_size(),
+    }
+
+
+def lr_find(
+    *, config: str | Path | None = None, overrides: dict[str, Any] | None = None, out: str | Path | None = None,
+    **shorthands: Any,
+) -> dict[str, Any]:  # fmt: skip
+    """The LR range test for a data/model/recipe; saves lr_find.png + lr_find.json and returns the result.
+
+    Example:
+        >>> imgcls.lr_find(data="digits", model="smallnet")["suggestion"]            # doctest: +SKIP
+    """
+    cfg = make_config(config, {**(overrides or {}), "optim.lr": 1.0}, **shorthands)
+    cfg, device, bundle, model = _model_and_data(cfg)
+    loader = build_loader(
+        bundle.train,
+        cfg.data,
+        train=True,
+        num_classes=len(bundle.classes),
+        **_loader_args(cfg, bundle, model, device),
+    )
+    result = dist.broadcast_object(lr_range_test(model, loader, cfg))
+    out_dir = (
+        Path(out) if out else new_run_dir("runs", f"lr-find-{_stem(cfg.data.name)}-{_stem(cfg.model.name)}")
+    )
+    if dist.is_main():
+        out_dir.mkdir(parents=True, exist_ok=True)
+        plot_lr_find(result, out_dir / "lr_find.png")
+        write_json(
+            out_dir / "lr_find.json", {**result, "recipe": cfg.train.recipe, "optimizer": cfg.optim.name}
+        )
+    return {**result, "out": str(out_dir), "recipe": cfg.train.recipe, "optimizer": cfg.optim.name}
 
 
 def _resolve_config(
@@ -273,6 +323,54 @@ def run_length(cfg: Config) -> str:
     return "short" if cfg.train.epochs <= 5 else "medium" if cfg.train.epochs <= 15 else "long"
 
 
+def resolve_recipe(cfg: Config) -> Config:
+    """Resolves the recipe and the optimizer defaults that follow from it.
+
+    Starting from pretrained weights (`model.pretrained`, `model.weights`) means fine-tuning: AdamW at
+    1e-3 with weight decay 0.01, a head-only phase, then discriminative learning rates. From scratch:
+    SGD (nesterov) at 0.1 with weight decay 5e-4. Explicit settings always win.
+    """
+    updates: dict[str, Any] = {}
+    recipe = cfg.train.recipe
+    if recipe == "auto":
+        recipe = "finetune" if cfg.model.pretrained or cfg.model.weights else "scratch"
+        updates["train.recipe"] = recipe
+    optim = resolve_optim(cfg.optim, finetune=recipe == "finetune")
+    updates |= {"optim.name": optim.name, "optim.lr": optim.lr, "optim.weight_decay": optim.weight_decay}
+    if (
+        cfg.model.weights and cfg.model.width is None
+    ):  # another imgcls run's weights: its architecture options
+        meta = run_meta(cfg.model.weights) or {}
+        if meta.get("name") == cfg.model.name and "width" in meta.get("arch", {}):
+            updates["model.width"] = meta["arch"]["width"]
+    return cfg.replace(updates)
+
+
+def _recipe_callbacks(cfg: Config) -> list[Any]:
+    callbacks: list[Any] = []
+    if cfg.train.recipe == "finetune":
+        freeze = cfg.model.freeze
+        keep = NUM_GROUPS if freeze == "backbone" else int(freeze) if freeze.isdigit() else 0
+        callbacks.append(Unfreeze(head_phase(cfg, cfg.train.time is not None), keep))
+    if cfg.train.patience:
+        callbacks.append(EarlyStopping(cfg.train.patience))
+    return callbacks
+
+
+def _find_lr(cfg: Config, model: Classifier, train_loader, run_dir: Path) -> float:
+    """`optim.lr=auto`: the LR range test's suggestion, with its plot saved in the run folder."""
+    result = dist.broadcast_object(lr_range_test(model, train_loader, cfg))  # every rank uses rank 0's
+    if dist.is_main():
+        plot_lr_find(result, run_dir / "lr_find.png")
+        write_json(run_dir / "lr_find.json", result)
+    log.info(
+        "optim.lr=auto: the LR range test suggests %.3g (plot: %s)",
+        result["suggestion"],
+        run_dir / "lr_find.png",
+    )
+    return float(result["suggestion"])
+
+
 def size_to_run(cfg: Config, flip_ok: bool) -> Config:
     """Resolves the `auto` settings that depend on the run's length: smallnet's width and augmentation.
 
@@ -337,7 +435,7 @@ def _new_model(cfg: Config, bundle: DataBundle, size: int, channels: int) -> Cla
         arch["small_stem"] = True
     model = build_model(
         cfg.model.name, num_classes=len(bundle.classes), in_chans=channels, input_size=size,
-        pretrained=cfg.model.pretrained, drop_rate=cfg.model.drop_rate, **arch,
+        pretrained=cfg.model.pretrained, weights=cfg.model.weights, drop_rate=cfg.model.drop_rate, **arch,
     )  # fmt: skip
 
     model.meta.classes = list(bundle.classes)
@@ -345,7 +443,8 @@ def _new_model(cfg: Config, bundle: DataBundle, size: int, channels: int) -> Cla
     model.meta.tta = (
         cfg.train.tta if cfg.train.tta != "auto" else ("flip" if cfg.data.augment == "crop-flip" else "off")
     )
-    if not cfg.model.pretrained and bundle.train.images is not None:
+    # Pretrained features expect the normalization they were learnt with; from scratch, the data's own.
+    if not (cfg.model.pretrained or cfg.model.weights) and bundle.train.images is not None:
         model.set_normalization(*_channel_stats(bundle.train.images))
     return model
 

@@ -35,7 +35,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--time", help="time budget for the whole run, e.g. 90s, 5m, 1h (plans the schedule to end on time)"
     )
     t.add_argument("--batch-size", type=int)
-    t.add_argument("--lr", type=float, help="peak learning rate")
+    t.add_argument("--lr", type=_lr, help="peak learning rate, or auto (an LR range test picks it)")
+    t.add_argument(
+        "--pretrained",
+        action="store_true",
+        default=None,
+        help="start from the architecture's ImageNet weights (torchvision/timm) and fine-tune",
+    )
+    t.add_argument(
+        "--weights",
+        metavar="FILE|RUN_DIR",
+        help="start from local weights: a torchvision/timm .pth/.safetensors, or an imgcls run folder",
+    )
+    t.add_argument(
+        "--freeze",
+        metavar="auto|none|N|backbone",
+        help="fine-tuning: what stays frozen after the head-only phase (backbone: linear probing)",
+    )
+    t.add_argument("--patience", type=int, help="stop when validation accuracy has not improved for N epochs")
     t.add_argument("--out", help="run folder (default: runs/<data>-<model>-<time>)")
     t.add_argument("--config", help="a YAML file of config sections (see configs/)")
     t.add_argument(
@@ -74,6 +91,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object per line on stdout")
     p.set_defaults(func=cmd_predict)
 
+    f = sub.add_parser(
+        "lr-find",
+        help="LR range test: plot loss against learning rate, suggest one",
+        description="Train briefly with a growing learning rate; saves lr_find.png and prints a suggestion "
+        "(use it with --lr, or let `train --lr auto` run this test itself).",
+    )
+    f.add_argument("--data")
+    f.add_argument("--model")
+    f.add_argument("--pretrained", action="store_true", default=None)
+    f.add_argument("--weights", metavar="FILE|RUN_DIR")
+    f.add_argument("--batch-size", type=int)
+    f.add_argument("--config")
+    f.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE")
+    f.add_argument("--out", help="folder for lr_find.png/json (default: runs/lr-find-<data>-<model>-<time>)")
+    f.set_defaults(func=cmd_lr_find)
+
     m = sub.add_parser(
         "models",
         help="list registered model names",
@@ -92,6 +125,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     overrides = parse_overrides(args.set)
     if args.strict:
         overrides["data.strict"] = True
+    flags = {"model.pretrained": args.pretrained, "model.weights": args.weights, "model.freeze": args.freeze,
+             "train.patience": args.patience}  # fmt: skip
+    overrides |= {k: v for k, v in flags.items() if v is not None}
     shorthands = {
         "data": args.data,
         "model": args.model,
@@ -115,6 +151,24 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"test accuracy {result.test['accuracy']:.4f}  run folder: {result.run_dir}")
     else:
         print(f"run folder: {result.run_dir}")
+    return 0
+
+
+def cmd_lr_find(args: argparse.Namespace) -> int:
+    from imgcls import api
+
+    overrides = parse_overrides(args.set)
+    overrides |= {
+        k: v for k, v in {"model.pretrained": args.pretrained, "model.weights": args.weights}.items() if v
+    }
+    result = api.lr_find(
+        config=args.config, overrides=overrides, out=args.out, data=args.data, model=args.model,
+        batch_size=args.batch_size,
+    )  # fmt: skip
+    if _is_rank_zero():
+        print(f"suggested lr {result['suggestion']:.3g} ({result['recipe']}, {result['optimizer']}; "
+              f"loss was lowest at {result['min_loss_lr']:.3g})  plot: {result['out']}/lr_find.png")  # fmt: skip
+        print(f"use it: imgcls train ... --lr {result['suggestion']:.3g}   (or --lr auto)")
     return 0
 
 
@@ -174,6 +228,15 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from imgcls.utils.env import DeviceError
 
     return (ConfigError, RegistryError, DataError, ImageDecodeError, CheckpointError, ModelError, DeviceError)
+
+
+def _lr(text: str) -> float | str:
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--lr takes a number or auto, not {text!r}") from None
 
 
 def _is_rank_zero() -> bool:

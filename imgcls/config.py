@@ -59,7 +59,13 @@ class DataConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     name: str = "smallnet"
-    pretrained: bool = False
+    pretrained: bool = False  # the architecture's published ImageNet weights (torchvision / timm)
+    weights: str | None = (
+        None  # a local .pth/.safetensors (torchvision or timm state dict) or an imgcls run folder
+    )
+    freeze: str = (
+        "auto"  # after the head-only phase: auto/none (train all), N (first N of 4 groups stay), backbone
+    )
     drop_rate: float = 0.0
     width: int | None = None  # smallnet's base width; None: sized to the run's length (see README)
     small_stem: bool = False  # ResNets: 3x3 stride-1 stem without max-pool, for 28-64 px images
@@ -67,23 +73,32 @@ class ModelConfig:
     def validate(self) -> None:
         _check(0 <= self.drop_rate < 1, "model.drop_rate", "must be in [0, 1)")
         _check(self.width is None or self.width >= 1, "model.width", "must be >= 1")
+        _check(
+            self.freeze in ("auto", "none", "backbone") or (self.freeze.isdigit() and int(self.freeze) <= 4),
+            "model.freeze",
+            "must be auto, none, backbone or a number of layer groups 0-4",
+        )
 
 
 @dataclass(frozen=True)
 class OptimConfig:
-    name: Literal["sgd", "adamw"] = "sgd"
-    lr: float = 0.1  # for batch_size 128; scale linearly when changing the batch
+    name: Literal["auto", "sgd", "adamw"] = "auto"  # auto: sgd from scratch, adamw when fine-tuning
+    lr: float | Literal["auto"] | None = (
+        None  # None: 0.1 (sgd), 1e-3 (adamw); auto: an LR range test picks it
+    )
     momentum: float = 0.9
     nesterov: bool = True
-    weight_decay: float = 5e-4
+    weight_decay: float | None = None  # None: 5e-4 (sgd), 0.01 (adamw)
+    backbone_lr_ratio: float = 0.01  # fine-tuning: the first layer group's lr relative to the head's
     schedule: Literal["cosine", "onecycle", "step", "constant"] = "onecycle"
     warmup_epochs: float = 1.0  # linear warm-up (cosine/step/constant); onecycle sets its own
     step_epochs: int = 30  # step schedule: multiply the lr by step_gamma every step_epochs
     step_gamma: float = 0.1
 
     def validate(self) -> None:
-        _check(self.lr > 0, "optim.lr", "must be > 0")
-        _check(self.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
+        _check(self.lr in (None, "auto") or self.lr > 0, "optim.lr", "must be > 0 or auto")
+        _check(self.weight_decay is None or self.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
+        _check(0 < self.backbone_lr_ratio <= 1, "optim.backbone_lr_ratio", "must be in (0, 1]")
         _check(0 <= self.momentum < 1, "optim.momentum", "must be in [0, 1)")
         _check(self.warmup_epochs >= 0, "optim.warmup_epochs", "must be >= 0")
         _check(self.step_epochs >= 1, "optim.step_epochs", "must be >= 1")
@@ -92,6 +107,11 @@ class OptimConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 4
+    recipe: Literal["auto", "scratch", "finetune"] = (
+        "auto"  # auto: finetune with pretrained weights/--weights
+    )
+    freeze_epochs: float = 1.0  # fine-tuning: epochs of head-only training before the backbone unfreezes
+    patience: int = 0  # stop when validation accuracy has not improved for N epochs; 0: off
     time: str | None = None  # a time budget for the whole run ("90s", "5m", "1h"); replaces epochs
     label_smoothing: float = 0.1
     amp: Literal["auto", "bf16", "fp16", "off"] = "auto"  # auto: bf16 where the device supports it
@@ -118,6 +138,8 @@ class TrainConfig:
 
     def validate(self) -> None:
         _check(self.epochs >= 1, "train.epochs", "must be >= 1")
+        _check(self.freeze_epochs >= 0, "train.freeze_epochs", "must be >= 0")
+        _check(self.patience >= 0, "train.patience", "must be >= 0")
         if self.time is not None:
             parse_duration(self.time)
         _check(0 <= self.label_smoothing < 1, "train.label_smoothing", "must be in [0, 1)")
@@ -282,7 +304,16 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
                 return _coerce(value, option, key)
             except ConfigError as e:
                 errors.append(str(e))
-        raise ConfigError(errors[0])
+        if len(errors) == 1:
+            raise ConfigError(errors[0])
+        wanted = [
+            f"one of {', '.join(map(str, get_args(o)))}"
+            if get_origin(o) is Literal
+            else getattr(o, "__name__", str(o))
+            for o in options
+            if o is not type(None)
+        ]
+        raise ConfigError(f"{key} must be {' or '.join(wanted)}, not {value!r}")
     if origin is Literal:
         choices = get_args(hint)
         if isinstance(value, bool):  # YAML 1.1 reads off/on/no/yes as booleans

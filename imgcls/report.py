@@ -32,6 +32,24 @@ def plot_curves(history: list[dict[str, float]], path: str | Path) -> None:
     plt.close(fig)
 
 
+def plot_lr_find(result: dict[str, Any], path: str | Path) -> None:
+    """The LR range test: smoothed loss against learning rate (log scale), with the suggestion marked."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(result["lrs"], result["losses"])
+    ax.axvline(
+        result["suggestion"],
+        color="tab:red",
+        linestyle="--",
+        label=f"suggested lr {result['suggestion']:.2g}",
+    )
+    ax.set(xscale="log", xlabel="learning rate", ylabel="loss (smoothed)", title="LR range test")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def plot_confusion(matrix: list[list[int]], classes: list[str], path: str | Path, title: str = "") -> None:
     """Row-normalized confusion matrix, with counts written in the cells for up to 20 classes."""
     counts = np.asarray(matrix)

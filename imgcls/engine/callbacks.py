@@ -16,6 +16,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from imgcls.models.transfer import NUM_GROUPS, set_frozen
+
 log = logging.getLogger("imgcls")
 EVENTS = ("on_fit_start", "on_epoch_start", "on_step_end", "on_eval_end", "on_checkpoint", "on_fit_end")
 
@@ -32,6 +34,47 @@ def call(callbacks: Iterable[Any], event: str, **kwargs: Any) -> None:
             method(**kwargs)
         else:
             method(**{k: v for k, v in kwargs.items() if k in params})
+
+
+class Unfreeze:
+    """Fine-tuning's two phases: only the head trains until progress `at`, then the backbone unfreezes
+    except its first `keep_frozen` layer groups (all of them: linear probing).
+
+    The phase is a function of progress alone, so a resumed run is in the same phase as an uninterrupted one.
+    """
+
+    def __init__(self, at: float, keep_frozen: int) -> None:
+        self.at, self.keep_frozen, self.frozen = at, keep_frozen, None
+
+    def _apply(self, state, progress: float) -> None:
+        frozen = NUM_GROUPS if progress < self.at else self.keep_frozen
+        if frozen != self.frozen:
+            set_frozen(state.model, frozen)
+            if self.frozen is not None:
+                log.info("unfroze the backbone (%d of %d layer groups stay frozen)", frozen, NUM_GROUPS)
+            self.frozen = frozen
+
+    def on_fit_start(self, state, progress: float) -> None:
+        self._apply(state, progress)
+
+    def on_step_end(self, state, progress: float) -> None:
+        self._apply(state, progress)
+
+
+class EarlyStopping:
+    """Stops the run when validation accuracy has not improved for `patience` epochs."""
+
+    def __init__(self, patience: int) -> None:
+        self.patience = patience
+
+    def on_eval_end(self, state, metrics: dict[str, float]) -> None:
+        val = metrics.get("val_acc")
+        if val is None or val > state.best_metric:
+            return
+        if state.epoch - state.best_epoch >= self.patience:
+            log.info("early stopping: no better validation accuracy than %.4f (epoch %d) for %d epochs",
+                     state.best_metric, state.best_epoch, self.patience)  # fmt: skip
+            state.should_stop = True
 
 
 class CSVLogger:

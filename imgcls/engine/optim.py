@@ -6,6 +6,7 @@ or extended and needs no per-epoch bookkeeping.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 
@@ -13,15 +14,35 @@ import torch
 
 from imgcls.config import OptimConfig
 from imgcls.models import Classifier
+from imgcls.models.transfer import discriminative_param_groups
 
 
-def build_optimizer(model: Classifier, cfg: OptimConfig) -> torch.optim.Optimizer:
-    groups = model.param_groups(cfg.weight_decay)
+def build_optimizer(model: Classifier, cfg: OptimConfig, finetune: bool = False) -> torch.optim.Optimizer:
+    """SGD or AdamW over the model's groups; fine-tuning gives each layer group its own lr (see transfer.py).
+
+    `auto`/unset name, lr and weight decay take the recipe's defaults (see `resolve_optim`).
+    """
+    cfg = resolve_optim(cfg, finetune)
+    if not isinstance(cfg.lr, float):
+        raise ValueError("optim.lr=auto must be resolved by an LR range test first (imgcls.api does this)")
+    if finetune:
+        groups = discriminative_param_groups(model, cfg.lr, cfg.weight_decay, cfg.backbone_lr_ratio)
+    else:
+        groups = model.param_groups(cfg.weight_decay)
     if cfg.name == "sgd":
         return torch.optim.SGD(
             groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0, foreach=True
         )
     return torch.optim.AdamW(groups, lr=cfg.lr, foreach=True)
+
+
+def resolve_optim(cfg: OptimConfig, finetune: bool) -> OptimConfig:
+    """Fills in `auto`/unset settings: fine-tuning uses AdamW at 1e-3 with weight decay 0.01 (the
+    common recipe for pretrained backbones); from scratch SGD (nesterov) at 0.1 with weight decay 5e-4."""
+    name = cfg.name if cfg.name != "auto" else ("adamw" if finetune else "sgd")
+    lr = cfg.lr if cfg.lr is not None else (1e-3 if name == "adamw" else 0.01 if finetune else 0.1)
+    weight_decay = cfg.weight_decay if cfg.weight_decay is not None else (0.01 if name == "adamw" else 5e-4)
+    return dataclasses.replace(cfg, name=name, lr=lr, weight_decay=weight_decay)
 
 
 def lr_factor(cfg: OptimConfig, epochs: float | None) -> Callable[[float], float]:
@@ -72,11 +93,27 @@ class ProgressSchedule:
         return {"base_lrs": list(self.base_lrs)}
 
     def load_state_dict(self, state: dict[str, list[float]]) -> None:
-        self.base_lrs = list(state["base_lrs"])
+        # The base lrs come from the config, not the checkpoint: `--resume RUN --lr X` takes effect.
+        if len(state["base_lrs"]) != len(self.base_lrs):
+            raise ValueError(
+                f"the checkpoint has {len(state['base_lrs'])} lr groups, this optimizer {len(self.base_lrs)}"
+            )
 
 
 def build_schedule(
-    optimizer: torch.optim.Optimizer, cfg: OptimConfig, epochs: float | None
+    optimizer: torch.optim.Optimizer, cfg: OptimConfig, epochs: float | None, restart_at: float = 0.0
 ) -> ProgressSchedule:
-    """The configured schedule shape; `epochs` (planned or estimated) sizes the warm-up and step intervals."""
-    return ProgressSchedule(optimizer, lr_factor(cfg, epochs))
+    """The configured schedule shape; `epochs` (planned or estimated) sizes the warm-up and step intervals.
+
+    With `restart_at` in (0, 1) the shape runs twice, over [0, restart_at] and [restart_at, 1]: fine-tuning's
+    head-only phase and the unfrozen phase each get a whole cycle (fastai's fine_tune does the same).
+    """
+    if not 0 < restart_at < 1:
+        return ProgressSchedule(optimizer, lr_factor(cfg, epochs))
+    first = lr_factor(cfg, epochs * restart_at if epochs else None)
+    second = lr_factor(cfg, epochs * (1 - restart_at) if epochs else None)
+
+    def phased(p: float) -> float:
+        return first(p / restart_at) if p < restart_at else second((p - restart_at) / (1 - restart_at))
+
+    return ProgressSchedule(optimizer, phased)

@@ -49,11 +49,19 @@ class Plan:
         return step / max(1, self.epochs * self.steps_per_epoch)
 
 
+def head_phase(cfg: Config, timed: bool = False) -> float:
+    """The share of a fine-tuning run that trains the head alone (0 from scratch)."""
+    if cfg.train.recipe != "finetune" or cfg.train.freeze_epochs <= 0:
+        return 0.0
+    return 0.1 if timed else min(cfg.train.freeze_epochs / cfg.train.epochs, 0.5)
+
+
 def new_state(model: Classifier, cfg: Config, timed: bool = False) -> TrainState:
     """Fresh optimizer, schedule and grad scaler for `model`."""
     device = next(model.parameters()).device
-    optimizer = build_optimizer(model, cfg.optim)
-    schedule = build_schedule(optimizer, cfg.optim, None if timed else cfg.train.epochs)
+    optimizer = build_optimizer(model, cfg.optim, finetune=cfg.train.recipe == "finetune")
+    epochs = None if timed else cfg.train.epochs
+    schedule = build_schedule(optimizer, cfg.optim, epochs, restart_at=head_phase(cfg, timed))
     fp16 = autocast_dtype(device, cfg.train.amp) == torch.float16
     scaler = torch.amp.GradScaler(device.type, enabled=fp16)
     return TrainState(model, optimizer, schedule, scaler, ema=build_ema(model, cfg.train.ema_decay))
@@ -90,7 +98,8 @@ def fit(
     forward = dist.wrap(model, device, sync_bn=cfg.train.sync_bn)
     forward = torch.compile(forward) if cfg.train.compile else forward
     saved = _Saver(cfg, state, run_dir)
-    call(callbacks, "on_fit_start", state=state, epochs=None if plan.timed else plan.epochs)
+    call(callbacks, "on_fit_start", state=state, epochs=None if plan.timed else plan.epochs,
+         progress=_progress(plan, state.step, state.train_seconds))  # fmt: skip
 
     for epoch in range(state.epoch, plan.max_epochs):
         if _progress(plan, state.step, state.train_seconds) >= 1:
@@ -133,6 +142,7 @@ def fit(
                 loss_sum=sums.loss,
                 correct=sums.correct,
                 seen=sums.seen,
+                progress=_progress(plan, state.step, base_seconds + time.perf_counter() - start),
             )
             if cfg.train.checkpoint_every and state.step % cfg.train.checkpoint_every == 0:
                 state.train_seconds = base_seconds + time.perf_counter() - start

@@ -108,6 +108,15 @@ class Classifier(nn.Module):
             logits = (logits + self.forward_head(self.forward_features(x.flip(3)))) / 2
         return logits
 
+    def train(self, mode: bool = True) -> Classifier:
+        """Train mode, except for frozen BatchNorm layers: their running statistics stay as pretrained."""
+        super().train(mode)
+        if mode:
+            for m in self.backbone.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine and not m.weight.requires_grad:
+                    m.eval()
+        return self
+
     def reset_classifier(self, num_classes: int) -> None:
         """A fresh head for a new class count (transfer learning)."""
         self.head = nn.Linear(self.num_features, num_classes).to(self.head.weight.device)
@@ -125,29 +134,43 @@ class Classifier(nn.Module):
 
 def build_model(
     name: str, *, num_classes: int, in_chans: int = 3, input_size: int | None = None,
-    pretrained: bool = False, drop_rate: float = 0.0, **arch: Any,
+    pretrained: bool = False, drop_rate: float = 0.0, weights: str | None = None, **arch: Any,
 ) -> Classifier:  # fmt: skip
     """Builds a registered model (or `timm/<name>`) for `num_classes` and `in_chans`-channel input.
+
+    `pretrained` loads the architecture's published weights (torchvision / timm); `weights` a local
+    file instead: a torchvision or timm state dict (.pth/.safetensors, loaded exactly as the downloaded
+    ones are) or an imgcls run folder (any model). The head is always new, for `num_classes`.
 
     Example:
         >>> build_model("tutorial-cnn", num_classes=10, in_chans=1, input_size=28)(torch.rand(2, 1, 28, 28)).shape
         torch.Size([2, 10])
     """
     import imgcls.models  # noqa: F401  (registers the builders)
+    from imgcls.models.transfer import is_imgcls_state, load_backbone, read_state_dict, run_meta
 
     size = input_size or default_input_size(name)
     builder = MODELS.get(name)
-    unknown = set(arch) - set(inspect.signature(builder).parameters)
+    params = inspect.signature(builder).parameters
+    unknown = set(arch) - set(params)
     if unknown:
         raise ModelError(f"model {name!r} has no option(s) {', '.join(sorted(unknown))}")
-    model = builder(
-        num_classes=num_classes,
-        in_chans=in_chans,
-        input_size=size,
-        pretrained=pretrained,
-        drop_rate=drop_rate,
-        **arch,
-    )
+    common = {"num_classes": num_classes, "in_chans": in_chans, "input_size": size, "drop_rate": drop_rate}
+    state = read_state_dict(weights) if weights is not None else None
+    if state is not None and is_imgcls_state(state):  # another imgcls run: any architecture, matched by name
+        model = builder(pretrained=False, **common, **arch)
+        load_backbone(model, state, source=str(weights))
+        meta = run_meta(weights) or {}
+        if len(meta.get("mean", ())) == in_chans:  # keep the normalization the features were learnt with
+            model.set_normalization(tuple(meta["mean"]), tuple(meta["std"]))
+    elif state is not None:
+        if "weights_file" not in params:
+            raise ModelError(
+                f"{weights} holds torchvision/timm weights; {name} takes only imgcls run folders"
+            )
+        model = builder(pretrained=False, weights_file=str(weights), **common, **arch)
+    else:
+        model = builder(pretrained=pretrained, **common, **arch)
     model.meta.name = name
     model.meta.arch = dict(arch)
     return model

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from torch import nn
 
 from imgcls.models.base import MODELS, Classifier, ModelError, adapt_first_conv
+from imgcls.models.transfer import load_backbone, read_state_dict, weights_path
 
 # name -> (path of the final Linear, smallest input side the architecture handles)
 TORCHVISION_MODELS: dict[str, tuple[str, int]] = {
@@ -53,22 +54,18 @@ def _torchvision_builder(arch: str, head_path: str, min_size: int) -> Callable[.
         pretrained: bool = False,
         drop_rate: float = 0.0,
         small_stem: bool = False,
+        weights_file: str | None = None,
     ) -> Classifier:
         import torchvision
 
+        loading = pretrained or weights_file is not None
         arch_size, kwargs = max(input_size, min_size), {}
         if arch == "inception_v3":
-            kwargs = {"aux_logits": False, "init_weights": not pretrained, "transform_input": False}
+            kwargs = {"aux_logits": False, "init_weights": not loading, "transform_input": False}
         if arch.startswith("vit"):
-            arch_size = 224 if pretrained else math.ceil(arch_size / 16) * 16  # patch grid must be whole
-            kwargs = {} if pretrained else {"image_size": arch_size}
-        try:
-            net = torchvision.models.get_model(arch, weights="DEFAULT" if pretrained else None, **kwargs)
-        except (OSError, RuntimeError) as e:
-            raise ModelError(
-                f"could not get pretrained weights for {arch}: {e}. They download once into the torch "
-                f"cache ($TORCH_HOME, ~/.cache/torch); connect to the internet or copy the file there."
-            ) from None
+            arch_size = 224 if loading else math.ceil(arch_size / 16) * 16  # patch grid must be whole
+            kwargs = {} if loading else {"image_size": arch_size}
+        net = torchvision.models.get_model(arch, weights=None, **kwargs)
         num_features = net.get_submodule(head_path).in_features
         parent, _, attr = head_path.rpartition(".")
         setattr(net.get_submodule(parent) if parent else net, attr, nn.Identity())
@@ -85,14 +82,33 @@ def _torchvision_builder(arch: str, head_path: str, min_size: int) -> Callable[.
             arch_size=arch_size,
             drop_rate=drop_rate,
         )
-        if pretrained:
+        if loading:
+            # Downloaded or local, the weights take one path: a state dict matched by name.
+            state = read_state_dict(weights_file) if weights_file else _torchvision_state_dict(arch)
+            load_backbone(model, state, source=weights_file or f"torchvision {arch} weights",
+                          head=head_path, skip=("conv1.",) if small_stem else ())  # fmt: skip
             tf = torchvision.models.get_model_weights(arch).DEFAULT.transforms()
             model.set_normalization(*_for_channels(tuple(tf.mean), tuple(tf.std), in_chans))
         return model
 
-    build.default_size = 224
+    build.default_size = 299 if arch == "inception_v3" else 224
     build.__doc__ = f"torchvision {arch}."
     return build
+
+
+def _torchvision_state_dict(arch: str) -> dict:
+    """torchvision's ImageNet weights: from the torch cache, downloaded there when missing."""
+    import torchvision
+
+    weights = torchvision.models.get_model_weights(arch).DEFAULT
+    try:
+        return weights.get_state_dict(progress=True, check_hash=True)
+    except (OSError, RuntimeError, ValueError) as e:  # URLError is an OSError
+        raise ModelError(
+            f"could not get the pretrained {arch} weights ({type(e).__name__}: {str(e)[:150]}). They download once "
+            f"into the torch cache ($TORCH_HOME/hub/checkpoints, default ~/.cache/torch) from {weights.url}; "
+            "connect to the internet, copy that file there, or pass a local file with --weights"
+        ) from None
 
 
 for _name, (_head, _min) in TORCHVISION_MODELS.items():
@@ -108,23 +124,37 @@ def timm_model(
     pretrained: bool = False,
     drop_rate: float = 0.0,
     small_stem: bool = False,
+    weights_file: str | None = None,
 ) -> Classifier:
-    """Any timm model, e.g. `timm/resnet18` or `timm/convnext_nano`."""
+    """Any timm model, e.g. `timm/resnet18` or `timm/convnext_nano`.
+
+    Pretrained weights come through timm's own loader (which drops the classifier and adapts the first
+    conv to the input channels) from the Hugging Face cache, or from `weights_file` via timm's file override.
+    """
     import timm
 
     if not timm.is_model(name):
         close = timm.list_models(f"*{name}*")[:5]
         raise ModelError(f"unknown timm model {name!r}" + (f"; similar: {', '.join(close)}" if close else ""))
     arch_size = max(input_size, TIMM_MIN_SIZE)
+    pretrained = pretrained or weights_file is not None
     kwargs = {"pretrained": pretrained, "num_classes": 0, "in_chans": in_chans}
+    if weights_file is not None:
+        kwargs["pretrained_cfg_overlay"] = {"file": str(weights_path(weights_file))}
     try:
         try:
             net = timm.create_model(name, img_size=arch_size, **kwargs)  # ViT-like models take a size
         except TypeError:
             net = timm.create_model(name, **kwargs)
-    except (OSError, RuntimeError) as e:
+    except (OSError, RuntimeError, ValueError, KeyError) as e:
+        where = (
+            f" from {weights_file}"
+            if weights_file
+            else " (downloaded once into the Hugging Face cache, ~/.cache/huggingface)"
+        )
         raise ModelError(
-            f"could not create timm/{name}{' with pretrained weights' if pretrained else ''}: {e}"
+            f"could not create timm/{name}{' with pretrained weights' + where if pretrained else ''}: "
+            f"{type(e).__name__}: {str(e)[:300]}"
         ) from None
     if small_stem:
         use_small_stem(net, f"timm/{name}")
