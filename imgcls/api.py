@@ -327,7 +327,7 @@ def resolve_recipe(cfg: Config) -> Config:
     """Resolves the recipe and the optimizer defaults that follow from it.
 
     Starting from pretrained weights (`model.pretrained`, `model.weights`) means fine-tuning: AdamW at
-    1e-3 with weight decay 0.01, a head-only phase, then discriminative learning rates. From scratch:
+    3e-3 with weight decay 0.01, a head-only phase, then discriminative learning rates. From scratch:
     SGD (nesterov) at 0.1 with weight decay 5e-4. Explicit settings always win.
     """
     updates: dict[str, Any] = {}

@@ -89,7 +89,7 @@ class OptimConfig:
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float | None = None  # None: 5e-4 (sgd), 0.01 (adamw)
-    backbone_lr_ratio: float = 0.01  # fine-tuning: the first layer group's lr relative to the head's
+    backbone_lr_ratio: float = 0.1  # fine-tuning: the first layer group's lr relative to the head's
     schedule: Literal["cosine", "onecycle", "step", "constant"] = "onecycle"
     warmup_epochs: float = 1.0  # linear warm-up (cosine/step/constant); onecycle sets its own
     step_epochs: int = 30  # step schedule: multiply the lr by step_gamma every step_epochs

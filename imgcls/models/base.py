@@ -159,6 +159,7 @@ def build_model(
     state = read_state_dict(weights) if weights is not None else None
     if state is not None and is_imgcls_state(state):  # another imgcls run: any architecture, matched by name
         model = builder(pretrained=False, **common, **arch)
+        model.meta.name = name
         load_backbone(model, state, source=str(weights))
         meta = run_meta(weights) or {}
         if len(meta.get("mean", ())) == in_chans:  # keep the normalization the features were learnt with
