@@ -95,7 +95,9 @@ def fit(
     amp_dtype = autocast_dtype(device, cfg.train.amp)
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing)
     # DDP and the compiled module share the model's parameters; evaluation and checkpoints use the model.
-    forward = dist.wrap(model, device, sync_bn=cfg.train.sync_bn)
+    forward = dist.wrap(
+        model, device, sync_bn=cfg.train.sync_bn, partly_frozen=cfg.train.recipe == "finetune"
+    )
     forward = torch.compile(forward) if cfg.train.compile else forward
     saved = _Saver(cfg, state, run_dir)
     call(callbacks, "on_fit_start", state=state, epochs=None if plan.timed else plan.epochs,

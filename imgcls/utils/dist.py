@@ -82,11 +82,14 @@ def main_first() -> Iterator[None]:
         barrier()
 
 
-def wrap(model: nn.Module, device: torch.device, sync_bn: bool = False) -> nn.Module:
+def wrap(
+    model: nn.Module, device: torch.device, sync_bn: bool = False, partly_frozen: bool = False
+) -> nn.Module:
     """The model wrapped in DistributedDataParallel in a distributed run, else the model itself.
 
     With `sync_bn`, BatchNorm layers are converted in place to SyncBatchNorm (same parameters and
-    state-dict keys, so checkpoints still load into the plain model).
+    state-dict keys, so checkpoints still load into the plain model). `partly_frozen`: parameters may
+    stop receiving gradients during the run (fine-tuning phases), which DDP must be told.
     """
     if not is_distributed():
         return model
@@ -99,7 +102,7 @@ def wrap(model: nn.Module, device: torch.device, sync_bn: bool = False) -> nn.Mo
         if device.type == "cuda"
         else None
     )
-    return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    return nn.parallel.DistributedDataParallel(model, device_ids=ids, find_unused_parameters=partly_frozen)
 
 
 def all_reduce_max(values: torch.Tensor) -> torch.Tensor:
