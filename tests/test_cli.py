@@ -46,7 +46,7 @@ def test_console_script_and_module_entry_points():
         assert out.stdout.split() == ["resnet18", "resnet34", "resnet50"]
 
 
-@pytest.mark.parametrize("command", ["train", "eval", "predict", "models"])
+@pytest.mark.parametrize("command", ["train", "eval", "predict", "models", "lr-find"])
 def test_every_command_has_help(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.main([command, "--help"])
@@ -113,6 +113,9 @@ def test_predict_names_the_right_classes(folder_run, tmp_path: Path, capsys):
         (["eval", "/no/such/run"], "not an imgcls run folder"),
         (["predict", "/no/such/run", "x.png"], "not an imgcls run folder"),
         (["train", "--resume", "/no/such/run"], "cannot resume"),
+        (["train", "--data", "digits", "--weights", "/no/such.pth"], "no weights at /no/such.pth"),
+        (["train", "--data", "digits", "--model", "tutorial-cnn", "--pretrained"], "no pretrained weights"),
+        (["train", "--data", "digits", "--freeze", "most"], "model.freeze must be"),
     ],
 )
 def test_user_mistakes_are_one_line_errors(argv, message, capsys):
@@ -141,3 +144,24 @@ def test_csv_dataset_trains_and_evaluates(csv_manifest: Path, tmp_path: Path, ca
     assert cli.main(["eval", str(run), "--json"]) == 0
     result = json.loads(capsys.readouterr().out.splitlines()[-1])
     assert result["num_samples"] == 3 and set(result["per_class"]) == set(CLASSES)
+
+
+def test_lr_find_prints_a_suggestion_train_can_use(tmp_path: Path, capsys):
+    argv = [
+        "lr-find",
+        "--data",
+        "digits",
+        "--model",
+        "tutorial-cnn",
+        "--out",
+        str(tmp_path / "lrf"),
+        "--set",
+        "train.amp=off",
+    ]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "suggested lr" in out and "--lr auto" in out
+    assert json.loads((tmp_path / "lrf" / "lr_find.json").read_text())["suggestion"] > 0
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--lr", "fast"])
+    assert "--lr takes a number or auto" in capsys.readouterr().err

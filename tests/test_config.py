@@ -76,3 +76,20 @@ def test_config_is_frozen():
 def test_shipped_configs_load():
     for path in Path(__file__).parents[1].glob("configs/*.yaml"):
         config.load(path)
+
+
+def test_new_keys_are_checked():
+    cfg = config.load(None, {"optim.lr": "auto", "model.freeze": "2", "train.patience": 3})
+    assert (cfg.optim.lr, cfg.model.freeze, cfg.train.patience) == ("auto", "2", 3)
+    with pytest.raises(ConfigError, match="optim.lr must be float or one of auto"):
+        config.load(None, {"optim.lr": "fast"})
+    with pytest.raises(ConfigError, match="model.freeze must be auto, none, backbone"):
+        config.load(None, {"model.freeze": "most"})
+    with pytest.raises(ConfigError, match="train.checkpoint_every must be >= 0"):
+        config.load(None, {"train.checkpoint_every": -1})
+
+
+def test_a_launch_record_in_config_yaml_is_informative_only(tmp_path: Path):
+    config.save(Config(), tmp_path / "c.yaml", {"world_size": 2, "batch_size_per_rank": 64})
+    assert "world_size: 2" in (tmp_path / "c.yaml").read_text()
+    assert config.load(tmp_path / "c.yaml") == Config()
