@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +14,7 @@ import torch
 from imgcls import config as config_lib
 from imgcls.config import Config, DataConfig
 from imgcls.data.datasets import DataBundle, DataError, Split, open_dataset
+from imgcls.data.doctor import check, leakage
 from imgcls.data.loader import build_loader, prepare, resolve_channels
 from imgcls.engine.callbacks import CSVLogger, EarlyStopping, ProgressLogger, TensorBoardLogger, Unfreeze
 from imgcls.engine.evaluate import predict_logits, predict_split
@@ -25,7 +26,14 @@ from imgcls.inference.predict import Predictor
 from imgcls.metrics import classification_report
 from imgcls.models import Classifier, build_model, default_input_size
 from imgcls.models.transfer import NUM_GROUPS, run_meta
-from imgcls.report import markdown_summary, plot_confusion, plot_curves, plot_lr_find, print_table
+from imgcls.report import (
+    data_report_text,
+    markdown_summary,
+    plot_confusion,
+    plot_curves,
+    plot_lr_find,
+    print_table,
+)
 from imgcls.utils import dist
 from imgcls.utils.env import (
     autocast_dtype,
@@ -191,6 +199,22 @@ def lr_find(
             out_dir / "lr_find.json", {**result, "recipe": cfg.train.recipe, "optimizer": cfg.optim.name}
         )
     return {**result, "out": str(out_dir), "recipe": cfg.train.recipe, "optimizer": cfg.optim.name}
+
+
+def check_data(
+    data: str, *, out: str | Path | None = "data-check.json", config: str | Path | None = None,
+    overrides: dict[str, Any] | None = None, near: bool = True,
+) -> dict[str, Any]:  # fmt: skip
+    """The data doctor on a folder, CSV manifest or built-in; writes the JSON report to `out`.
+
+    Example:
+        >>> imgcls.check_data("my_folder")["ok"]                                     # doctest: +SKIP
+    """
+    cfg = make_config(config, overrides, data=data)
+    report = check(open_dataset(cfg.data), near=near).to_dict()
+    if out:
+        write_json(out, report)
+    return report
 
 
 def _resolve_config(
@@ -424,6 +448,15 @@ def estimate_eval_seconds(model: Classifier, num_images: int, cfg: Config) -> fl
 
 def _load_data(cfg: DataConfig, model_name: str) -> tuple[DataBundle, int, int]:
     bundle = open_dataset(cfg)
+    if cfg.check and bundle.train.images is None:  # user files (built-ins are curated): leakage stops a run
+        problems = leakage(bundle)
+        if problems:
+            text = data_report_text({"dataset": bundle.name, "num_images": 0, "seconds": 0, "class_counts": {},
+                                     "stats": {}, "findings": [asdict(f) for f in problems]})  # fmt: skip
+            raise DataError(
+                f"the data check found problems that would spoil this run:\n{text}\n"
+                f"full report: imgcls data check {cfg.name}; train anyway: --set data.check=off"
+            )
     channels = resolve_channels(bundle, cfg)
     size = cfg.image_size or bundle.image_size or default_input_size(model_name)
     return prepare(bundle, cfg, size, channels), size, channels

@@ -107,6 +107,22 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--out", help="folder for lr_find.png/json (default: runs/lr-find-<data>-<model>-<time>)")
     f.set_defaults(func=cmd_lr_find)
 
+    d = sub.add_parser("data", help="dataset tools: `imgcls data check DATA`", description="Dataset tools.")
+    data_sub = d.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
+    c = data_sub.add_parser(
+        "check",
+        help="diagnose a dataset: broken/odd files, class balance, duplicates and leakage, mean/std",
+        description="Check a folder, CSV manifest or built-in dataset. Prints a summary, writes a JSON report; "
+        "exit code 0 when there are no errors (warnings allowed), 1 when there are.",
+    )
+    c.add_argument("data", metavar="DATA")
+    c.add_argument("--out", default="data-check.json", help="JSON report path (default: data-check.json)")
+    c.add_argument("--no-near", action="store_true", help="skip the near-duplicate search")
+    c.add_argument(
+        "--set", nargs="+", default=[], metavar="KEY=VALUE", help="data.* settings, e.g. data.test_split=0.2"
+    )
+    c.set_defaults(func=cmd_data_check)
+
     m = sub.add_parser(
         "models",
         help="list registered model names",
@@ -170,6 +186,18 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
               f"loss was lowest at {result['min_loss_lr']:.3g})  plot: {result['out']}/lr_find.png")  # fmt: skip
         print(f"use it: imgcls train ... --lr {result['suggestion']:.3g}   (or --lr auto)")
     return 0
+
+
+def cmd_data_check(args: argparse.Namespace) -> int:
+    from imgcls import api
+    from imgcls.report import data_report_text
+
+    report = api.check_data(
+        args.data, out=args.out, overrides=parse_overrides(args.set), near=not args.no_near
+    )
+    print(data_report_text(report))
+    print(f"report: {args.out}")
+    return 0 if report["ok"] else 1
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

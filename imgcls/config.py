@@ -40,6 +40,7 @@ class DataConfig:
     cache: Literal["auto", "ram", "off"] = "auto"  # ram: decoded uint8 tensor; off: stream from disk
     workers: int | None = None  # DataLoader workers for the streaming path; None: auto
     strict: bool = False  # unreadable images are an error instead of a counted skip
+    check: bool = True  # before training on files: stop when identical images sit in two splits (leakage)
 
     def validate(self) -> None:
         _check(0 <= self.val_split < 1, "data.val_split", "must be in [0, 1)")

@@ -114,3 +114,35 @@ def print_table(result: dict[str, Any], title: str) -> None:
     console.print(table)
     top5 = f"   top-5 {result['top5_accuracy']:.4f}" if "top5_accuracy" in result else ""
     console.print(f"accuracy {result['accuracy']:.4f}{top5}   ({result['num_samples']} images)")
+
+
+def data_report_text(report: dict[str, Any], limit: int = 5) -> str:
+    """The data doctor's findings as plain lines: errors first, each with its first `limit` paths or pairs."""
+    lines = (
+        [f"{report['dataset']}: {report['num_images']} images checked in {report['seconds']}s"]
+        if report["num_images"]
+        else []
+    )
+    for split, counts in report["class_counts"].items():
+        shown = ", ".join(f"{c} {n}" for c, n in list(counts.items())[:12])
+        more = f", ... ({len(counts)} classes)" if len(counts) > 12 else ""
+        lines.append(f"  {split}: {shown}{more}")
+    stats = report["stats"]
+    if "mean" in stats:
+        lines.append(
+            f"  sizes {stats['width']['min']}-{stats['width']['max']} x {stats['height']['min']}-{stats['height']['max']} px, "
+            f"{stats['channels']} channel(s), mean {stats['mean']} std {stats['std']}"
+        )
+    ordered = sorted(report["findings"], key=lambda f: f["severity"] != "error")
+    for f in ordered:
+        lines.append(f"{f['severity'].upper()} {f['kind']}: {f['message']} ({f['count']})")
+        for item in f["items"][:limit]:
+            lines.append("    " + (" <-> ".join(item) if isinstance(item, list) else str(item)))
+        if f["count"] > limit:
+            lines.append(f"    ... {f['count'] - limit} more in the JSON report")
+    errors = sum(f["severity"] == "error" for f in report["findings"])
+    warnings = len(report["findings"]) - errors
+    lines.append(
+        "clean: no problems found" if not report["findings"] else f"{errors} error(s), {warnings} warning(s)"
+    )
+    return "\n".join(lines)
