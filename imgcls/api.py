@@ -15,7 +15,7 @@ from imgcls import config as config_lib
 from imgcls.config import Config, DataConfig
 from imgcls.data.datasets import DataBundle, DataError, Split, open_dataset
 from imgcls.data.doctor import check, leakage
-from imgcls.data.loader import build_loader, prepare, resolve_channels
+from imgcls.data.loader import build_loader, class_weights, prepare, resolve_channels
 from imgcls.engine.callbacks import CSVLogger, EarlyStopping, ProgressLogger, TensorBoardLogger, Unfreeze
 from imgcls.engine.evaluate import predict_logits, predict_split
 from imgcls.engine.lr_find import lr_range_test
@@ -131,7 +131,13 @@ def train(
         state.load(run_dir / STATE_FILE)
         log.info("resumed %s after epoch %d", run_dir, state.epoch)
     callbacks = [*_recipe_callbacks(cfg), *callbacks]
-    state = _fit_logged(cfg, state, plan, train_loader, val_loader, run_dir, callbacks)
+    weights = None
+    if cfg.train.class_weights == "auto":
+        weights = class_weights(bundle.train.labels, len(bundle.classes)).to(device)
+        log.info(
+            "class weights: %s", ", ".join(f"{c} {w:.2f}" for c, w in zip(bundle.classes, weights.tolist()))
+        )
+    state = _fit_logged(cfg, state, plan, train_loader, val_loader, run_dir, callbacks, weights)
 
     test = None
     if bundle.test is not None:
@@ -239,8 +245,9 @@ def _open_run_dir(cfg: Config) -> Path:
 
 
 def _fit_logged(
-    cfg: Config, state, plan: Plan, train_loader, val_loader, run_dir: Path, callbacks: Sequence[Any]
-):
+    cfg: Config, state, plan: Plan, train_loader, val_loader, run_dir: Path, callbacks: Sequence[Any],
+    class_weights: torch.Tensor | None = None,
+):  # fmt: skip
     """`fit` with the standard loggers, a resume hint on Ctrl-C, and the curves plot at the end."""
     loggers: list[Any] = []
     if dist.is_main():  # the other ranks see the same (reduced) metrics: one writer is enough
@@ -248,7 +255,9 @@ def _fit_logged(
         if cfg.log.tensorboard:
             loggers.append(TensorBoardLogger(run_dir / "tensorboard"))
     try:
-        state = fit(cfg, state, plan, train_loader, val_loader, run_dir, [*loggers, *callbacks])
+        state = fit(
+            cfg, state, plan, train_loader, val_loader, run_dir, [*loggers, *callbacks], class_weights
+        )
     except KeyboardInterrupt:
         log.warning(
             "interrupted after epoch %d; continue with: imgcls train --resume %s", state.epoch, run_dir

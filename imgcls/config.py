@@ -40,6 +40,7 @@ class DataConfig:
     cache: Literal["auto", "ram", "off"] = "auto"  # ram: decoded uint8 tensor; off: stream from disk
     workers: int | None = None  # DataLoader workers for the streaming path; None: auto
     strict: bool = False  # unreadable images are an error instead of a counted skip
+    sampler: Literal["shuffle", "balanced"] = "shuffle"  # balanced: every class drawn equally often
     check: bool = True  # before training on files: stop when identical images sit in two splits (leakage)
 
     def validate(self) -> None:
@@ -115,6 +116,7 @@ class TrainConfig:
     patience: int = 0  # stop when validation accuracy has not improved for N epochs; 0: off
     time: str | None = None  # a time budget for the whole run ("90s", "5m", "1h"); replaces epochs
     label_smoothing: float = 0.1
+    class_weights: Literal["none", "auto"] = "none"  # auto: inverse-frequency loss weights (imbalanced data)
     amp: Literal["auto", "bf16", "fp16", "off"] = "auto"  # auto: bf16 where the device supports it
     channels_last: bool = True
     compile: bool = False  # torch.compile the training forward (pays off on GPUs; slower on small CPU nets)

@@ -14,7 +14,7 @@ import os
 import time
 import warnings
 from collections import defaultdict
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ NEAR_BITS = 4  # difference-hash distance (of 64 bits) at or under which two ima
 NEAR_PIXELS = 4.0  # ...confirmed when their 16x16 gray thumbnails differ by at most this (of 255) on average
 THUMB = 16
 MAX_BUCKET = 256  # hash buckets larger than this (flat, near-empty images) are not paired exhaustively
+PROCESS_THRESHOLD = 4000  # files; below this, threads (no process start-up)
 LIST_LIMIT = 200  # pairs/paths listed per finding in the report (all are counted)
 
 
@@ -136,10 +137,20 @@ def leakage(bundle: DataBundle) -> list[Finding]:
 
 
 def _file_images(splits: dict[str, Any]) -> list[_Image]:
+    """Inspects every file; large datasets in worker processes (the per-file work is mostly Python,
+    which threads would serialize on the GIL), small ones in threads (no start-up cost)."""
     jobs = [(name, Path(p)) for name, split in splits.items() for p in split.paths or []]
-    threads = min(16, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 2) * 2
-    with ThreadPoolExecutor(max_workers=threads) as pool:  # PIL decodes without the GIL
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if len(jobs) >= PROCESS_THRESHOLD and cores > 1:
+        chunks = [jobs[i : i + 512] for i in range(0, len(jobs), 512)]
+        with ProcessPoolExecutor(max_workers=cores) as pool:
+            return [info for part in pool.map(_inspect_many, chunks) for info in part]
+    with ThreadPoolExecutor(max_workers=min(32, 2 * cores)) as pool:
         return list(pool.map(lambda job: _inspect(*job), jobs, chunksize=32))
+
+
+def _inspect_many(jobs: list[tuple[str, Path]]) -> list[_Image]:
+    return [_inspect(*job) for job in jobs]
 
 
 def _byte_hash(path: Path) -> str:
@@ -210,7 +221,10 @@ def _oddities(im: Image.Image) -> list[str]:
     if getattr(im, "n_frames", 1) > 1:
         odd.append("animated")
     try:
-        if im.getexif().get(0x0112, 1) not in (1, None):
+        if im.format in ("JPEG", "MPO", "TIFF", "WEBP", "HEIF") and im.getexif().get(0x0112, 1) not in (
+            1,
+            None,
+        ):
             odd.append("exif-rotated")
     except Exception:  # a broken EXIF block is not worth an error of its own
         pass

@@ -123,18 +123,33 @@ def build_loader(
         if num_classes is None:
             raise DataError("mixup/cutmix need the number of classes")
         mix = BatchMix(num_classes, cfg.mixup, cfg.cutmix)
+    weights = balanced_weights(split.labels) if train and cfg.sampler == "balanced" else None
     if split.images is not None and cfg.cache != "off":
         augment = BatchAugment(size, use_flip, cutout, crop=crop) if crop or cutout else None
         return MemoryLoader(
             split.images, split.labels, batch, device=device, shuffle=train, augment=augment, mix=mix,
-            drop_last=train, seed=seed, rank=rank, world=world,
+            drop_last=train, seed=seed, rank=rank, world=world, sample_weights=weights,
         )  # fmt: skip
     transform = train_augment(size, use_flip, cutout, crop=crop) if crop or cutout else None
     dataset = StreamDataset(split, size, channels, transform, seed=seed)
     return StreamLoader(
         dataset, batch, device=device, shuffle=train, drop_last=train, seed=seed, workers=_workers(cfg, split),
-        mix=mix, rank=rank, world=world,
+        mix=mix, rank=rank, world=world, sample_weights=weights,
     )  # fmt: skip
+
+
+def balanced_weights(labels: torch.Tensor) -> torch.Tensor:
+    """Per-sample weights 1 / (size of its class): every class is drawn equally often."""
+    counts = torch.bincount(labels).double()
+    return (1.0 / counts.clamp_min(1))[labels]
+
+
+def class_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Inverse-frequency loss weights n / (classes present x class count) (scikit-learn's "balanced"):
+    every class weighs the same in total, and the whole training set keeps its total weight."""
+    counts = torch.bincount(labels, minlength=num_classes).float()
+    weights = torch.where(counts > 0, counts.sum() / (counts.clamp_min(1) * (counts > 0).sum()), 0.0)
+    return weights
 
 
 class StreamDataset(torch.utils.data.Dataset):
@@ -193,11 +208,19 @@ class StreamLoader:
     def __init__(
         self, dataset: StreamDataset, batch_size: int, *, device: torch.device, shuffle: bool, drop_last: bool,
         seed: int, workers: int, mix: BatchMix | None = None, rank: int = 0, world: int = 1,
+        sample_weights: torch.Tensor | None = None,
     ) -> None:  # fmt: skip
         self.device, self.seed, self.epoch, self.start_batch, self.mix = device, seed, 0, 0, mix
         self.rank, self.world, self.dataset = rank, world, dataset
         self.sampler = _EpochBatches(
-            len(dataset), batch_size, shuffle=shuffle, drop_last=drop_last, seed=seed, rank=rank, world=world
+            len(dataset),
+            batch_size,
+            shuffle=shuffle,
+            drop_last=drop_last,
+            seed=seed,
+            rank=rank,
+            world=world,
+            weights=sample_weights,
         )
         self.loader = torch.utils.data.DataLoader(
             dataset, batch_sampler=self.sampler, num_workers=workers, collate_fn=_collate_present,

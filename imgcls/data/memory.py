@@ -115,8 +115,12 @@ def epoch_batches(
     epoch: int,
     rank: int = 0,
     world: int = 1,
+    weights: torch.Tensor | None = None,
 ) -> list[torch.Tensor]:
     """The sample indices of each of this rank's batches in one epoch.
+
+    With per-sample `weights` (class-balanced sampling) the epoch draws n indices with replacement,
+    with probabilities proportional to the weights, instead of a permutation.
 
     Training (shuffle): one permutation per (seed, epoch), cut into global batches of `batch_size`,
     each split into `world` equal parts; rank r takes part r. So N ranks together see exactly the
@@ -126,7 +130,12 @@ def epoch_batches(
     if not shuffle:
         own = torch.arange(n).tensor_split(world)[rank]
         return list(own.split(batch_size))
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    order = (
+        torch.randperm(n, generator=gen)
+        if weights is None
+        else torch.multinomial(weights, n, True, generator=gen)
+    )
     count = n // batch_size if drop_last and n > batch_size else math.ceil(n / batch_size)
     return [order[b * batch_size : (b + 1) * batch_size].tensor_split(world)[rank] for b in range(count)]
 
@@ -152,8 +161,10 @@ class MemoryLoader:
         seed: int = 0,
         rank: int = 0,
         world: int = 1,
+        sample_weights: torch.Tensor | None = None,
     ) -> None:
         self.images = images.to(device)
+        self.sample_weights = sample_weights
         self.labels = labels.to(device)
         self.batch_size = batch_size
         self.shuffle, self.augment, self.mix, self.seed = shuffle, augment, mix, seed
@@ -167,7 +178,7 @@ class MemoryLoader:
     def _batches(self) -> list[torch.Tensor]:
         return epoch_batches(
             len(self.labels), self.batch_size, shuffle=self.shuffle, drop_last=self.drop_last,
-            seed=self.seed, epoch=self.epoch, rank=self.rank, world=self.world,
+            seed=self.seed, epoch=self.epoch, rank=self.rank, world=self.world, weights=self.sample_weights,
         )  # fmt: skip
 
     def __len__(self) -> int:

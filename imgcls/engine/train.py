@@ -79,6 +79,7 @@ def fit(
     val_loader: Iterable | None,
     run_dir: str | Path,
     callbacks: Sequence[Any] = (),
+    class_weights: torch.Tensor | None = None,
 ) -> TrainState:
     """Trains `state.model` until `plan` is done, validating and checkpointing after each epoch.
 
@@ -93,7 +94,7 @@ def fit(
     model, run_dir = state.model, Path(run_dir)
     device = next(model.parameters()).device
     amp_dtype = autocast_dtype(device, cfg.train.amp)
-    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing)
+    criterion = nn.CrossEntropyLoss(weight=class_weights, label_smoothing=cfg.train.label_smoothing)
     # DDP and the compiled module share the model's parameters; evaluation and checkpoints use the model.
     forward = dist.wrap(
         model, device, sync_bn=cfg.train.sync_bn, partly_frozen=cfg.train.recipe == "finetune"

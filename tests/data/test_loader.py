@@ -2,12 +2,14 @@
 
 from pathlib import Path
 
+import pytest
 import torch
 
 from imgcls.config import DataConfig
 from imgcls.data.datasets import DataBundle, Split, open_dataset
 from imgcls.data.loader import build_loader, prepare, resolve_channels
 from imgcls.data.memory import BatchAugment, MemoryLoader
+from tests.conftest import write_class_tree
 
 
 def _collect(loader):
@@ -228,3 +230,34 @@ def test_a_mid_epoch_start_gives_the_rest_of_the_same_epoch(image_tree: Path):
         assert len(full) == 4 and len(rest) == 2, cache
         for (xa, ya), (xb, yb) in zip(full[2:], rest):
             assert torch.equal(xa, xb) and torch.equal(ya, yb), (cache, workers)
+
+
+def test_balanced_sampling_draws_every_class_equally():
+    from imgcls.data.loader import balanced_weights, class_weights
+    from imgcls.data.memory import epoch_batches
+
+    labels = torch.tensor([0] * 900 + [1] * 90 + [2] * 10)
+    batches = epoch_batches(
+        1000, 100, shuffle=True, drop_last=True, seed=0, epoch=0, weights=balanced_weights(labels)
+    )
+    drawn = torch.bincount(labels[torch.cat(batches)], minlength=3).float() / 1000
+    assert torch.allclose(drawn, torch.full((3,), 1 / 3), atol=0.05)
+    weights = class_weights(labels, 4)  # class 3 has no images
+    assert weights[3] == 0 and weights[2] / weights[0] == pytest.approx(90)
+    assert (weights * torch.bincount(labels, minlength=4)).sum() == pytest.approx(1000)  # total weight kept
+
+
+def test_imbalance_options_train_end_to_end(tmp_path):
+    import imgcls
+
+    root = tmp_path / "imb"
+    for name, n in (("many", 30), ("few", 4)):
+        write_class_tree(root, per_class=n, classes=(name,), seed=len(name))
+    over = {
+        "log.progress": False,
+        "train.class_weights": "auto",
+        "data.sampler": "balanced",
+        "data.batch_size": 8,
+    }
+    result = imgcls.train(data=str(root), model="tutorial-cnn", epochs=2, out=tmp_path / "r", overrides=over)
+    assert set(result.test["per_class"]) == {"few", "many"}
