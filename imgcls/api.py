@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import json
 import logging
 import time
 from collections.abc import Sequence
@@ -14,16 +16,18 @@ import torch
 from imgcls import config as config_lib
 from imgcls.config import Config, DataConfig
 from imgcls.data.datasets import DataBundle, DataError, Split, open_dataset
+from imgcls.data.decode import ImageDecodeError, open_image
 from imgcls.data.doctor import check, leakage
 from imgcls.data.loader import build_loader, class_weights, prepare, resolve_channels
+from imgcls.engine.calibrate import fit_temperature
 from imgcls.engine.callbacks import CSVLogger, EarlyStopping, ProgressLogger, TensorBoardLogger, Unfreeze
 from imgcls.engine.evaluate import predict_logits, predict_split
 from imgcls.engine.lr_find import lr_range_test
 from imgcls.engine.optim import resolve_optim
-from imgcls.engine.state import STATE_FILE, WEIGHTS_FILE, CheckpointError, load_weights
+from imgcls.engine.state import META_FILE, STATE_FILE, WEIGHTS_FILE, CheckpointError, load_weights
 from imgcls.engine.train import Plan, fit, head_phase, new_state
 from imgcls.inference.predict import Predictor
-from imgcls.metrics import classification_report
+from imgcls.metrics import calibration, evaluation_report
 from imgcls.models import Classifier, build_model, default_input_size
 from imgcls.models.transfer import NUM_GROUPS, run_meta
 from imgcls.report import (
@@ -33,6 +37,8 @@ from imgcls.report import (
     plot_curves,
     plot_lr_find,
     print_table,
+    render_html,
+    thumbnail_uri,
 )
 from imgcls.utils import dist
 from imgcls.utils.env import (
@@ -42,6 +48,7 @@ from imgcls.utils.env import (
     select_device,
     set_deterministic,
     set_threads,
+    versions,
 )
 from imgcls.utils.io import new_run_dir, write_json, write_text
 
@@ -145,7 +152,7 @@ def train(
             load_weights(model, run_dir / WEIGHTS_FILE)
         dist.broadcast_module(model)  # other ranks (maybe on other machines) get rank 0's weights
         test_loader = build_loader(bundle.test, cfg.data, train=False, **loader_args)
-        test = _evaluate_and_write(model, test_loader, bundle.classes, run_dir, "test", cfg)
+        test = _evaluate_and_write(model, test_loader, bundle.classes, run_dir, "test", cfg, data=bundle.test)
     elapsed = time.perf_counter() - start
     log.info("done in %.1fs: %s", elapsed, run_dir)
     return TrainResult(run_dir, test, state.history, elapsed)
@@ -268,15 +275,20 @@ def _fit_logged(
     return state
 
 
-def evaluate(run_dir: str | Path, data: str | None = None, split: str = "test", *, batch_size: int | None = None,
-             device: str = "auto", show: bool = True) -> dict[str, Any]:  # fmt: skip
+def evaluate(
+    run_dir: str | Path, data: str | None = None, split: str = "test", *, batch_size: int | None = None,
+    device: str = "auto", show: bool = True, tta: str | None = None, calibrate: bool = False,
+) -> dict[str, Any]:  # fmt: skip
     """Evaluates a run's best model on a split of `data` (default: the data it was trained on).
 
-    Writes eval.json (test split) or eval-<split>.json, and the confusion-matrix PNG, into the run folder.
+    Writes eval.json (test split) or eval-<split>.json, report.md, report.html and the confusion-matrix
+    PNG into the run folder. `tta="flip"|"off"` evaluates with/without mirrored test-time augmentation and
+    reports both; `calibrate` fits temperature scaling on the validation split, stores the temperature
+    with the model (model.json) and reports the calibration error before and after.
     Under torchrun each process evaluates a contiguous shard and rank 0 writes the gathered result.
 
     Example:
-        >>> imgcls.evaluate("runs/my-run", split="test")["accuracy"]                # doctest: +SKIP
+        >>> imgcls.evaluate("runs/my-run", split="test", calibrate=True)["ece"]     # doctest: +SKIP
     """
     run_dir = Path(run_dir)
     torch_device = select_device(device, local_rank=dist.local_rank())
@@ -288,24 +300,58 @@ def evaluate(run_dir: str | Path, data: str | None = None, split: str = "test", 
     )
     if batch_size:
         data_cfg = replace(data_cfg, eval_batch_size=batch_size)
-    meta = predictor.meta
+    model, meta = predictor.model, predictor.meta
     with dist.main_first():
         bundle = _align_classes(open_dataset(data_cfg), meta.classes)
         bundle = prepare(bundle, data_cfg, meta.input_size, meta.in_chans)
-    loader = build_loader(
-        bundle.split(split),
-        data_cfg,
-        size=meta.input_size,
-        channels=meta.in_chans,
-        device=predictor.device,
-        train=False,
-        rank=dist.rank(),
-        world=dist.world_size(),
-    )
-    result = _evaluate_and_write(predictor.model, loader, meta.classes, run_dir, split, cfg)
+
+    def logits_of(name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        loader = build_loader(bundle.split(name), data_cfg, size=meta.input_size, channels=meta.in_chans,
+                              device=predictor.device, train=False, rank=dist.rank(), world=dist.world_size())  # fmt: skip
+        return predict_split(model, loader, amp_dtype=autocast_dtype(predictor.device, cfg.train.amp))
+
+    extra: dict[str, Any] = {}
+    if tta is not None:  # both ways, so the report shows what the augmentation is worth
+        accuracies = {}
+        for mode in ("off", "flip"):
+            meta.tta = mode
+            logits, labels = logits_of(split)
+            accuracies[mode] = round(float((logits.argmax(1) == labels).float().mean()), 6)
+        extra["tta"] = accuracies
+        meta.tta = tta
+    if calibrate:
+        meta.temperature = 1.0
+        val_logits, val_labels = logits_of("val")
+        temperature = fit_temperature(val_logits, val_labels)
+        raw_logits, labels = logits_of(split)
+        extra |= {
+            "temperature": temperature,
+            "calibration_before": calibration(raw_logits.softmax(1), labels),
+        }
+        extra["calibration_after"] = calibration((raw_logits / temperature).softmax(1), labels)
+        meta.temperature = temperature
+        if dist.is_main():
+            _store_meta(run_dir, {"temperature": temperature, "tta": meta.tta})
+        log.info("temperature %.3f fitted on the validation split: ECE %.4f -> %.4f", temperature,
+                 extra["calibration_before"]["ece"], extra["calibration_after"]["ece"])  # fmt: skip
+    elif tta is not None and dist.is_main():
+        _store_meta(run_dir, {"tta": meta.tta})
+    result = _evaluate_and_write(model, None, meta.classes, run_dir, split, cfg, data=bundle.split(split),
+                                 logits_labels=logits_of(split), extra=extra)  # fmt: skip
+    if calibrate:  # the report's main calibration is the one before scaling, shown against the one after
+        result["calibration"], result["ece"] = extra["calibration_before"], extra["calibration_after"]["ece"]
+        if dist.is_main():
+            write_json(run_dir / ("eval.json" if split == "test" else f"eval-{split}.json"), result)
+            report(run_dir, split)
     if show and dist.is_main():
         print_table(result, f"{run_dir.name}: {split} split of {data_cfg.name}")
     return result
+
+
+def _store_meta(run_dir: Path, updates: dict[str, Any]) -> None:
+    """Updates model.json in place (the weights are unchanged: temperature and TTA act in the forward)."""
+    path = run_dir / META_FILE
+    write_json(path, {**json.loads(path.read_text()), **updates})
 
 
 def load(run_dir: str | Path, device: str = "auto") -> Predictor:
@@ -506,33 +552,96 @@ def _channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float
 
 
 def _evaluate_and_write(
-    model: Classifier, loader, classes: list[str], run_dir: Path, split: str, cfg: Config
-) -> dict[str, Any]:
+    model: Classifier, loader, classes: list[str], run_dir: Path, split: str, cfg: Config,
+    data: Split | None = None, logits_labels: tuple[torch.Tensor, torch.Tensor] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """Metrics of `model` on a split (or of given logits), written as eval.json, report.md and report.html."""
     device = next(model.parameters()).device
-    logits, labels = predict_split(
-        model, loader, amp_dtype=autocast_dtype(device, cfg.train.amp), channels_last=cfg.train.channels_last
-    )
+    if logits_labels is None:
+        logits_labels = predict_split(
+            model,
+            loader,
+            amp_dtype=autocast_dtype(device, cfg.train.amp),
+            channels_last=cfg.train.channels_last,
+        )
+    logits, labels = logits_labels
     if not len(labels):
         raise DataError(f"the {split} split has no usable images")
-    result = classification_report(logits, labels, classes)
-    result = {"split": split, "data": cfg.data.name, "model": model.meta.name, **result}
+    result = {
+        "split": split,
+        "data": cfg.data.name,
+        "model": model.meta.name,
+        **evaluation_report(logits, labels, classes),
+    }
+    result |= extra or {}
     if not dist.is_main():
         return result
-    write_json(run_dir / ("eval.json" if split == "test" else f"eval-{split}.json"), result)
+    result["meta"] = _provenance(model, cfg, run_dir)
+    if data is not None:
+        for rows in result["samples"].values():
+            for row in rows:
+                row["path"] = str(data.paths[row["index"]]) if data.paths else f"{split}[{row['index']}]"
+                row["thumbnail"] = thumbnail_uri(_pixels(data, row["index"], model.meta.in_chans))
     suffix = "" if split == "test" else f"-{split}"
-    plot_confusion(
-        result["confusion_matrix"],
-        classes,
-        run_dir / f"confusion_matrix{suffix}.png",
-        f"{split} split: confusion (row-normalized)",
-    )
+    write_json(run_dir / f"eval{suffix}.json", result)
+    plot_confusion(result["confusion_matrix"], classes, run_dir / f"confusion_matrix{suffix}.png",
+                   f"{split} split: confusion (row-normalized)")  # fmt: skip
     write_text(
         run_dir / f"report{suffix}.md",
         markdown_summary(result, f"{model.meta.name} on {cfg.data.name} ({split} split)"),
     )
-    log.info("%s accuracy %.4f (%d images)%s", split, result["accuracy"], result["num_samples"],
-             f", top-5 {result['top5_accuracy']:.4f}" if "top5_accuracy" in result else "")  # fmt: skip
+    write_text(run_dir / f"report{suffix}.html", render_html(result, _history(run_dir)))
+    log.info("%s accuracy %.4f (%d images)%s; report: %s", split, result["accuracy"], result["num_samples"],
+             f", top-5 {result['top5_accuracy']:.4f}" if "top5_accuracy" in result else "",
+             run_dir / f"report{suffix}.html")  # fmt: skip
     return result
+
+
+def report(run_dir: str | Path, split: str = "test") -> Path:
+    """Re-renders report.html from the run's eval.json and metrics.csv (no model, no data needed).
+
+    Example:
+        >>> imgcls.report("runs/my-run")                                             # doctest: +SKIP
+    """
+    run_dir = Path(run_dir)
+    suffix = "" if split == "test" else f"-{split}"
+    path = run_dir / f"eval{suffix}.json"
+    try:
+        result = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DataError(f"{run_dir} has no {path.name}; run: imgcls eval {run_dir}") from None
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path} is corrupt: {e}") from None
+    out = run_dir / f"report{suffix}.html"
+    write_text(out, render_html(result, _history(run_dir)))
+    return out
+
+
+def _provenance(model: Classifier, cfg: Config, run_dir: Path) -> dict[str, Any]:
+    v = versions()
+    return {"model": model.meta.name, "dataset": cfg.data.name, "checkpoint": str(run_dir / WEIGHTS_FILE),
+            "date": time.strftime("%Y-%m-%d %H:%M"), "imgcls": v["imgcls"], "torch": v["torch"]}  # fmt: skip
+
+
+def _history(run_dir: Path) -> list[dict[str, float]]:
+    path = run_dir / "metrics.csv"
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(f)]
+
+
+def _pixels(data: Split, index: int, channels: int):
+    """One image of a split as an (H, W, C) uint8 array, for the report's gallery."""
+    if data.images is not None:
+        return data.images[index].permute(1, 2, 0).numpy()
+    import numpy as np
+
+    try:
+        return np.asarray(open_image(data.paths[index], channels))
+    except ImageDecodeError:
+        return np.zeros((8, 8), dtype=np.uint8)
 
 
 def _align_classes(bundle: DataBundle, classes: list[str]) -> DataBundle:

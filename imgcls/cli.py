@@ -77,7 +77,26 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=int)
     e.add_argument("--device", default="auto")
     e.add_argument("--json", action="store_true", help="print the metrics as one JSON object on stdout")
+    e.add_argument(
+        "--tta",
+        choices=["flip", "off"],
+        help="evaluate with/without flip TTA (both are reported); kept for the model",
+    )
+    e.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="fit temperature scaling on the validation split, store it with the model, report ECE before/after",
+    )
     e.set_defaults(func=cmd_eval)
+
+    r = sub.add_parser(
+        "report",
+        help="re-render a run's report.html from its eval.json and metrics.csv",
+        description="Re-render RUN_DIR/report.html (self-contained, opens offline) without the model or data.",
+    )
+    r.add_argument("run_dir", metavar="RUN_DIR")
+    r.add_argument("--split", choices=["test", "val"], default="test")
+    r.set_defaults(func=cmd_report)
 
     p = sub.add_parser(
         "predict",
@@ -200,6 +219,13 @@ def cmd_data_check(args: argparse.Namespace) -> int:
     return 0 if report["ok"] else 1
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from imgcls import api
+
+    print(f"report: {api.report(args.run_dir, args.split)}")
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from imgcls import api
 
@@ -210,6 +236,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         device=args.device,
         show=not args.json,
+        tta=args.tta,
+        calibrate=args.calibrate,
     )
     if args.json and _is_rank_zero():
         print(json.dumps(result))

@@ -52,6 +52,79 @@ def classification_report(logits: torch.Tensor, labels: torch.Tensor, classes: l
     return report
 
 
+def bootstrap_ci(hits: torch.Tensor, samples: int = 1000, level: float = 0.95, seed: int = 0) -> list[float]:
+    """A percentile bootstrap confidence interval for the mean of 0/1 `hits` (resampling the test set)."""
+    if not len(hits):
+        return [0.0, 0.0]
+    gen = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, len(hits), (samples, len(hits)), generator=gen)
+    means = hits.float()[idx].mean(1)
+    lo, hi = torch.quantile(means, torch.tensor([(1 - level) / 2, (1 + level) / 2])).tolist()
+    return [_f(lo), _f(hi)]
+
+
+def calibration(probs: torch.Tensor, labels: torch.Tensor, bins: int = 15) -> dict[str, Any]:
+    """Expected calibration error (confidence vs accuracy over equal-width confidence bins) and the bins."""
+    conf, pred = probs.max(1)
+    hits = (pred == labels).float()
+    edges = torch.linspace(0, 1, bins + 1)
+    rows, ece = [], 0.0
+    for lo, hi in zip(edges[:-1].tolist(), edges[1:].tolist()):
+        inside = (conf > lo) & (conf <= hi)
+        if inside.any():
+            acc, mean_conf, n = hits[inside].mean().item(), conf[inside].mean().item(), int(inside.sum())
+            ece += n / len(labels) * abs(acc - mean_conf)
+            rows.append(
+                {"low": _f(lo), "high": _f(hi), "accuracy": _f(acc), "confidence": _f(mean_conf), "count": n}
+            )
+    return {"ece": _f(ece), "bins": rows}
+
+
+def top_confusions(matrix: list[list[int]], classes: list[str], k: int = 10) -> list[dict[str, Any]]:
+    """The k most frequent (true, predicted) mistakes, as pairs."""
+    counts = np.asarray(matrix)
+    np.fill_diagonal(counts, 0)
+    order = np.argsort(counts, axis=None)[::-1][:k]
+    rows = [np.unravel_index(i, counts.shape) for i in order]
+    return [
+        {"true": classes[t], "predicted": classes[p], "count": int(counts[t, p])}
+        for t, p in rows
+        if counts[t, p]
+    ]
+
+
+def notable_samples(
+    probs: torch.Tensor, labels: torch.Tensor, k: int = 12
+) -> dict[str, list[dict[str, Any]]]:
+    """The k most confidently wrong predictions and the k least confident correct ones (sample indices)."""
+    conf, pred = probs.max(1)
+    wrong = torch.nonzero(pred != labels).flatten()
+    right = torch.nonzero(pred == labels).flatten()
+    worst = wrong[conf[wrong].argsort(descending=True)[:k]]
+    unsure = right[conf[right].argsort()[:k]]
+
+    def rows(idx: torch.Tensor) -> list[dict[str, Any]]:
+        return [{"index": int(i), "true": int(labels[i]), "predicted": int(pred[i]), "probability": _f(conf[i]),
+                 "true_probability": _f(probs[i, labels[i]])} for i in idx]  # fmt: skip
+
+    return {"confident_mistakes": rows(worst), "uncertain_correct": rows(unsure)}
+
+
+def evaluation_report(logits: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> dict[str, Any]:
+    """`classification_report` plus 95% bootstrap intervals, calibration, top confusions and notable samples."""
+    logits, labels = logits.float().cpu(), labels.long().cpu()
+    report = classification_report(logits, labels, classes)
+    probs = logits.softmax(1)
+    report["accuracy_ci"] = bootstrap_ci(logits.argmax(1) == labels)
+    if "top5_accuracy" in report:
+        report["top5_ci"] = bootstrap_ci((logits.topk(5, dim=1).indices == labels[:, None]).any(1))
+    report["calibration"] = calibration(probs, labels)
+    report["ece"] = report["calibration"]["ece"]
+    report["top_confusions"] = top_confusions(report["confusion_matrix"], classes)
+    report["samples"] = notable_samples(probs, labels)
+    return report
+
+
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return _f((logits.argmax(1) == labels).float().mean()) if len(labels) else 0.0
 

@@ -5,6 +5,9 @@ Never touches a model: its inputs are the history rows and the evaluation dict.
 
 from __future__ import annotations
 
+import base64
+import html
+import io
 from pathlib import Path
 from typing import Any
 
@@ -146,3 +149,172 @@ def data_report_text(report: dict[str, Any], limit: int = 5) -> str:
         "clean: no problems found" if not report["findings"] else f"{errors} error(s), {warnings} warning(s)"
     )
     return "\n".join(lines)
+
+
+def thumbnail_uri(pixels: np.ndarray, side: int = 96) -> str:
+    """A small PNG data URI of an (H, W[, C]) uint8 image; small images are enlarged without smoothing."""
+    from PIL import Image
+
+    image = Image.fromarray(pixels.squeeze(-1) if pixels.ndim == 3 and pixels.shape[-1] == 1 else pixels)
+    scale = side / max(image.size)
+    image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
+                         Image.Resampling.NEAREST if scale > 1 else Image.Resampling.LANCZOS)  # fmt: skip
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _figure_uri(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _confusion_figure(matrix: list[list[int]], classes: list[str], normalized: bool):
+    counts = np.asarray(matrix)
+    rows = counts.sum(1, keepdims=True)
+    values = (
+        np.divide(counts, rows, out=np.zeros(counts.shape, dtype=float), where=rows > 0)
+        if normalized
+        else counts
+    )
+    n = len(classes)
+    side = min(12, max(4.5, 0.45 * n + 2))
+    fig, ax = plt.subplots(figsize=(side, side * 0.85))
+    im = ax.imshow(values, cmap="Blues")
+    labels = classes if n <= 50 else [""] * n
+    ax.set_xticks(np.arange(n), labels, rotation=45, ha="right")
+    ax.set_yticks(np.arange(n), labels)
+    ax.set(xlabel="predicted", ylabel="true", title="row-normalized" if normalized else "counts")
+    if n <= 20:
+        top = values.max() or 1
+        for i in range(n):
+            for j in range(n):
+                if counts[i, j]:
+                    text = f"{values[i, j]:.2f}" if normalized else str(counts[i, j])
+                    ax.text(j, i, text, ha="center", va="center", fontsize=7,
+                            color="white" if values[i, j] > top / 2 else "black")  # fmt: skip
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    return fig
+
+
+def _reliability_figure(calibrations: dict[str, dict[str, Any]]):
+    fig, ax = plt.subplots(figsize=(5, 4.5))
+    ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect")
+    for name, cal in calibrations.items():
+        bins = cal["bins"]
+        ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], marker="o",
+                label=f"{name} (ECE {cal['ece']:.4f})")  # fmt: skip
+    ax.set(xlabel="confidence", ylabel="accuracy", title="Reliability diagram", xlim=(0, 1), ylim=(0, 1))
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def _curves_figure(history: list[dict[str, float]]):
+    epochs = [row["epoch"] for row in history]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for ax, metric in zip(axes, ("loss", "acc")):
+        for split in ("train", "val"):
+            values = [row.get(f"{split}_{metric}") for row in history]
+            if any(v is not None for v in values):
+                ax.plot(epochs, values, marker="o", label=split)
+        ax.set(xlabel="epoch", title={"loss": "Loss", "acc": "Accuracy"}[metric])
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.2f}%"
+
+
+def render_html(result: dict[str, Any], history: list[dict[str, float]]) -> str:
+    """One self-contained HTML page (figures and thumbnails inlined) from an evaluation and its history."""
+    e = html.escape
+    classes = list(result["per_class"])
+    ci = result.get("accuracy_ci", [0, 0])
+    head = [
+        ("accuracy", f"{_pct(result['accuracy'])} (95% CI {_pct(ci[0])} - {_pct(ci[1])})"),
+    ]
+    if "top5_accuracy" in result:
+        t5 = result.get("top5_ci", [0, 0])
+        head.append(
+            ("top-5 accuracy", f"{_pct(result['top5_accuracy'])} (95% CI {_pct(t5[0])} - {_pct(t5[1])})")
+        )
+    for avg in ("macro", "weighted"):
+        head.append(
+            (
+                f"{avg} precision / recall / F1",
+                " / ".join(f"{result[f'{m}_{avg}']:.4f}" for m in ("precision", "recall", "f1")),
+            )
+        )
+    meta = result.get("meta", {})
+    head += [("samples", str(result["num_samples"]))] + [(k, str(v)) for k, v in meta.items()]
+    sections = [
+        f"<section id='headline'><h2>Headline</h2><table>{''.join(f'<tr><th>{e(k)}</th><td>{e(v)}</td></tr>' for k, v in head)}</table></section>"
+    ]
+
+    worst_first = sorted(result["per_class"].items(), key=lambda kv: (kv[1]["f1"], kv[0]))
+    rows = "".join(
+        f"<tr><td>{e(c)}</td><td>{m['precision']:.4f}</td><td>{m['recall']:.4f}</td><td>{m['f1']:.4f}</td><td>{m['support']}</td></tr>"
+        for c, m in worst_first
+    )
+    sections.append(
+        f"<section id='per-class'><h2>Per class (worst F1 first)</h2><table><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th><th>support</th></tr>{rows}</table></section>"
+    )
+
+    pairs = "".join(
+        f"<li>{e(p['true'])} &rarr; {e(p['predicted'])}: {p['count']}</li>"
+        for p in result.get("top_confusions", [])
+    )
+    figs = "".join(
+        f"<img alt='confusion matrix ({kind})' src='{_figure_uri(_confusion_figure(result['confusion_matrix'], classes, kind == 'norm'))}'>"
+        for kind in ("counts", "norm")
+    )
+    sections.append(
+        f"<section id='confusion'><h2>Confusion matrix</h2>{figs}<h3>Most frequent confusions</h3><ol>{pairs or '<li>none</li>'}</ol></section>"
+    )
+
+    gallery = []
+    for key, title in (
+        ("confident_mistakes", "Most confidently wrong"),
+        ("uncertain_correct", "Least confident correct"),
+    ):
+        cards = "".join(
+            f"<figure><img alt='sample {s['index']}' src='{s.get('thumbnail', '')}'><figcaption>true <b>{e(classes[s['true']])}</b><br>"
+            f"predicted <b>{e(classes[s['predicted']])}</b> {s['probability']:.3f}<br><small>{e(str(s.get('path', '')))}</small></figcaption></figure>"
+            for s in result.get("samples", {}).get(key, [])
+        )  # fmt: skip
+        gallery.append(f"<h3>{title}</h3><div class='gallery'>{cards or 'none'}</div>")
+    sections.append(f"<section id='mistakes'><h2>Mistakes and doubts</h2>{''.join(gallery)}</section>")
+
+    cals = {"as trained": result["calibration"]} if "calibration" in result else {}
+    if "calibration_after" in result:
+        cals[f"temperature {result.get('temperature', 1):g}"] = result["calibration_after"]
+    cal_text = " ".join(f"ECE {name}: {c['ece']:.4f}." for name, c in cals.items())
+    sections.append(
+        f"<section id='calibration'><h2>Calibration</h2><p>{e(cal_text)}</p><img alt='reliability diagram' src='{_figure_uri(_reliability_figure(cals))}'></section>"
+    )
+
+    curves = (
+        f"<img alt='training curves' src='{_figure_uri(_curves_figure(history))}'>"
+        if history
+        else "<p>no training history (metrics.csv) found</p>"
+    )
+    sections.append(f"<section id='curves'><h2>Training curves</h2>{curves}</section>")
+    if "tta" in result:
+        t = result["tta"]
+        sections.append(
+            f"<section id='tta'><h2>Test-time augmentation</h2><p>accuracy without TTA {_pct(t['off'])}, with flip TTA {_pct(t['flip'])} ({100 * (t['flip'] - t['off']):+.2f} points)</p></section>"
+        )
+    style = ("body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse}"
+             "td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}img{max-width:100%}"
+             ".gallery{display:flex;flex-wrap:wrap;gap:10px}figure{margin:0;width:140px;font-size:12px}"
+             "figure img{width:128px;image-rendering:pixelated;border:1px solid #999}")  # fmt: skip
+    title = f"imgcls report: {result.get('model', '')} on {result.get('data', '')} ({result.get('split', '')} split)"
+    return f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)}</title><style>{style}</style></head><body><h1>{e(title)}</h1>{''.join(sections)}</body></html>"

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from imgcls.data import datasets
+from tests.browser import chromium
 
 REPO = Path(__file__).resolve().parents[1]
 needs_fmnist = pytest.mark.skipif(
@@ -60,6 +61,31 @@ def test_fashion_mnist_one_epoch_through_the_cli(tmp_path: Path):
         run_cli("predict", str(run), str(REPO / "tests" / "assets"), "--json").stdout.splitlines()[0]
     )
     assert pred["label"] in result["per_class"]
+    assert 0 < result["accuracy_ci"][0] < result["accuracy"] < result["accuracy_ci"][1] < 1
+    assert_report_renders_in_chromium(run / "report.html", tmp_path)
+
+
+SECTIONS = ("headline", "per-class", "confusion", "mistakes", "calibration", "curves")
+
+
+def assert_report_renders_in_chromium(page: Path, tmp_path: Path) -> None:
+    """Opens the report offline in headless Chromium: every section shows, every image decodes; a screenshot."""
+    browser = chromium(tmp_path)
+    try:
+        browser.get(page.as_uri())
+        for section in SECTIONS:
+            element = browser.find_element("id", section)
+            assert element.is_displayed() and element.size["height"] > 20, section
+        broken = browser.execute_script(
+            "return [...document.images].filter(i => !i.complete || i.naturalWidth === 0).map(i => i.alt)"
+        )
+        assert broken == [] and len(browser.find_elements("tag name", "img")) >= 5
+        assert "T-shirt/top" in browser.find_element("id", "per-class").text
+        shot = tmp_path / "report.png"
+        browser.get_screenshot_as_file(str(shot))
+        assert shot.stat().st_size > 10_000
+    finally:
+        browser.quit()
 
 
 @pytest.mark.slow

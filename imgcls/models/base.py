@@ -39,6 +39,9 @@ class ModelMeta:
     std: tuple[float, ...] = (0.5,)
     drop_rate: float = 0.0
     tta: str = "off"  # "flip": eval-mode forward averages the logits of the image and its mirror
+    temperature: float = (
+        1.0  # eval-mode logits are divided by it (temperature scaling, `imgcls eval --calibrate`)
+    )
     arch: dict[str, Any] = field(default_factory=dict)  # builder options, e.g. {"width": 8}
 
     def to_dict(self) -> dict[str, Any]:
@@ -106,6 +109,9 @@ class Classifier(nn.Module):
         if self.meta.tta == "flip" and not self.training:
             # Test-time augmentation lives in the model, so eval, predict and export agree.
             logits = (logits + self.forward_head(self.forward_features(x.flip(3)))) / 2
+        if self.meta.temperature != 1.0 and not self.training:
+            # Calibrated probabilities live in the model too; dividing by T > 0 never changes the argmax.
+            logits = logits / self.meta.temperature
         return logits
 
     def train(self, mode: bool = True) -> Classifier:
