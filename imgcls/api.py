@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import logging
@@ -11,6 +12,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from imgcls import config as config_lib
@@ -37,6 +39,7 @@ from imgcls.report import (
     plot_curves,
     plot_lr_find,
     print_table,
+    render_data_html,
     render_html,
     thumbnail_uri,
 )
@@ -216,18 +219,47 @@ def lr_find(
 
 def check_data(
     data: str, *, out: str | Path | None = "data-check.json", config: str | Path | None = None,
-    overrides: dict[str, Any] | None = None, near: bool = True,
+    overrides: dict[str, Any] | None = None, near: bool = True, html: str | Path | None = None,
 ) -> dict[str, Any]:  # fmt: skip
-    """The data doctor on a folder, CSV manifest or built-in; writes the JSON report to `out`.
+    """The data doctor on a folder, CSV manifest or built-in; writes the JSON report to `out` (and a page
+    with thumbnails to `html`).
 
     Example:
         >>> imgcls.check_data("my_folder")["ok"]                                     # doctest: +SKIP
     """
     cfg = make_config(config, overrides, data=data)
-    report = check(open_dataset(cfg.data), near=near).to_dict()
+    bundle = open_dataset(cfg.data)
+    report = check(bundle, near=near).to_dict()
     if out:
         write_json(out, report)
+    if html:
+        write_text(html, render_data_html(report, _finding_thumbnails(report, bundle)))
     return report
+
+
+def _finding_thumbnails(report: dict[str, Any], bundle: DataBundle) -> dict[str, str]:
+    """Thumbnails of the images the findings list (the first 24 of each), keyed by path."""
+    tensors = {f"{name}[{i}]": (getattr(bundle, name), i) for name in ("train", "val", "test")
+               if getattr(bundle, name) is not None and getattr(bundle, name).images is not None
+               for i in range(len(getattr(bundle, name)))}  # fmt: skip
+    wanted = set()
+    for finding in report["findings"]:
+        for item in finding["items"][:24]:
+            for path in item if isinstance(item, list) else [item]:
+                wanted.add(
+                    str(path).split(": ", 1)[1]
+                    if str(path).startswith(("train: ", "val: ", "test: "))
+                    else str(path)
+                )
+    thumbs = {}
+    for path in wanted:
+        if path in tensors:
+            split, i = tensors[path]
+            thumbs[path] = thumbnail_uri(split.images[i].permute(1, 2, 0).numpy(), side=48)
+        elif Path(path).is_file():
+            with contextlib.suppress(ImageDecodeError):
+                thumbs[path] = thumbnail_uri(np.asarray(open_image(path, 3)), side=48)
+    return thumbs
 
 
 def _resolve_config(
@@ -636,8 +668,6 @@ def _pixels(data: Split, index: int, channels: int):
     """One image of a split as an (H, W, C) uint8 array, for the report's gallery."""
     if data.images is not None:
         return data.images[index].permute(1, 2, 0).numpy()
-    import numpy as np
-
     try:
         return np.asarray(open_image(data.paths[index], channels))
     except ImageDecodeError:

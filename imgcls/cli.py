@@ -137,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("data", metavar="DATA")
     c.add_argument("--out", default="data-check.json", help="JSON report path (default: data-check.json)")
     c.add_argument("--no-near", action="store_true", help="skip the near-duplicate search")
+    c.add_argument("--html", metavar="FILE", help="also write a page with thumbnails of every named image")
     c.add_argument(
         "--set", nargs="+", default=[], metavar="KEY=VALUE", help="data.* settings, e.g. data.test_split=0.2"
     )
@@ -212,10 +213,10 @@ def cmd_data_check(args: argparse.Namespace) -> int:
     from imgcls.report import data_report_text
 
     report = api.check_data(
-        args.data, out=args.out, overrides=parse_overrides(args.set), near=not args.no_near
+        args.data, out=args.out, overrides=parse_overrides(args.set), near=not args.no_near, html=args.html
     )
     print(data_report_text(report))
-    print(f"report: {args.out}")
+    print(f"report: {args.out}" + (f", {args.html}" if args.html else ""))
     return 0 if report["ok"] else 1
 
 

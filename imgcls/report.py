@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import json
 from pathlib import Path
 from typing import Any
 
@@ -318,3 +319,52 @@ def render_html(result: dict[str, Any], history: list[dict[str, float]]) -> str:
              "figure img{width:128px;image-rendering:pixelated;border:1px solid #999}")  # fmt: skip
     title = f"imgcls report: {result.get('model', '')} on {result.get('data', '')} ({result.get('split', '')} split)"
     return f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)}</title><style>{style}</style></head><body><h1>{e(title)}</h1>{''.join(sections)}</body></html>"
+
+
+def render_data_html(report: dict[str, Any], thumbnails: dict[str, str]) -> str:
+    """The data doctor's report as one self-contained page, with thumbnails of the files it names."""
+    e = html.escape
+
+    def item_html(item: Any) -> str:
+        paths = item if isinstance(item, list) else [item]
+        cells = []
+        for path in paths:
+            text = str(path)
+            uri = thumbnails.get(
+                text.split(": ", 1)[1] if text.startswith(("train: ", "val: ", "test: ")) else text
+            )
+            img = f"<img alt='' src='{uri}'>" if uri else ""
+            cells.append(f"<figure>{img}<figcaption>{e(str(path))}</figcaption></figure>")
+        return f"<div class='item'>{' &harr; '.join(cells)}</div>"
+
+    parts = [f"<h1>Data check: {e(report['dataset'])}</h1>",
+             f"<p>{report['num_images']} images in {report['seconds']} s: "
+             f"<b>{'no errors' if report['ok'] else 'errors found'}</b></p>"]  # fmt: skip
+    counts = report["class_counts"]
+    classes = list(next(iter(counts.values()), {}))
+    header = "".join(f"<th>{e(s)}</th>" for s in counts)
+    rows = "".join(
+        f"<tr><td>{e(c)}</td>{''.join(f'<td>{counts[s].get(c, 0)}</td>' for s in counts)}</tr>"
+        for c in classes
+    )
+    parts.append(
+        f"<section id='classes'><h2>Classes</h2><table><tr><th>class</th>{header}</tr>{rows}</table></section>"
+    )
+    stats = "".join(
+        f"<tr><th>{e(k)}</th><td>{e(json.dumps(v))}</td></tr>" for k, v in report["stats"].items()
+    )
+    parts.append(f"<section id='stats'><h2>Images</h2><table>{stats}</table></section>")
+    findings = sorted(report["findings"], key=lambda f: f["severity"] != "error")
+    blocks = "".join(
+        f"<div class='finding {f['severity']}'><h3>{f['severity'].upper()} {e(f['kind'])} ({f['count']})</h3>"
+        f"<p>{e(f['message'])}</p>{''.join(item_html(i) for i in f['items'][:24])}</div>"
+        for f in findings
+    )  # fmt: skip
+    parts.append(
+        f"<section id='findings'><h2>Findings</h2>{blocks or '<p>clean: no problems found</p>'}</section>"
+    )
+    style = ("body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse}"
+             "td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}.error h3{color:#b00}.warning h3{color:#a60}"
+             ".item{display:flex;align-items:center;gap:6px;margin:4px 0}figure{margin:0;display:flex;gap:6px;"
+             "align-items:center;font-size:12px}figure img{width:48px;image-rendering:pixelated;border:1px solid #999}")  # fmt: skip
+    return f"<!doctype html><html><head><meta charset='utf-8'><title>data check</title><style>{style}</style></head><body>{''.join(parts)}</body></html>"

@@ -140,3 +140,12 @@ def test_training_stops_on_leakage_unless_told_otherwise(planted: Path, tmp_path
     result = imgcls.train(data=str(clean), model="tutorial-cnn", epochs=1, out=tmp_path / "r2",
                           overrides={"log.progress": False, "data.check": False})  # fmt: skip
     assert result.test is not None
+
+
+def test_html_report_shows_thumbnails_of_named_files(planted: Path, tmp_path: Path):
+    page = tmp_path / "check.html"
+    assert cli.main(["data", "check", str(planted), "--out", str(tmp_path / "r.json"), "--html", str(page)]) == 1
+    text = page.read_text()
+    for section in ("classes", "stats", "findings"):
+        assert f"id='{section}'" in text
+    assert text.count("data:image/png;base64,") >= 10 and "copied.png" in text and "ERROR leak" in text
