@@ -25,4 +25,4 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, steps: int = 100
         return loss
 
     optimizer.step(closure)
-    return round(float(log_t.exp().clamp(0.05, 20.0)), 4)
+    return round(float(log_t.detach().exp().clamp(0.05, 20.0)), 4)
