@@ -11,12 +11,12 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["train", "evaluate", "load", "lr_find", "check_data", "report", "__version__"]
+__all__ = ["train", "evaluate", "load", "lr_find", "check_data", "report", "predict", "__version__"]
 
 
 def __getattr__(name: str) -> Any:
     # Import torch only when the API is used, so `imgcls --help` and config checks stay instant.
-    if name in ("train", "evaluate", "load", "lr_find", "check_data", "report"):
+    if name in ("train", "evaluate", "load", "lr_find", "check_data", "report", "predict"):
         from imgcls import api
 
         return getattr(api, name)

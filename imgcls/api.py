@@ -6,8 +6,10 @@ import contextlib
 import csv
 import json
 import logging
+import sys
 import time
 from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -28,7 +30,7 @@ from imgcls.engine.lr_find import lr_range_test
 from imgcls.engine.optim import resolve_optim
 from imgcls.engine.state import META_FILE, STATE_FILE, WEIGHTS_FILE, CheckpointError, load_weights
 from imgcls.engine.train import Plan, fit, head_phase, new_state
-from imgcls.inference.predict import Predictor
+from imgcls.inference.predict import PredictionWriter, Predictor, inputs_with_labels
 from imgcls.metrics import calibration, evaluation_report
 from imgcls.models import Classifier, build_model, default_input_size
 from imgcls.models.transfer import NUM_GROUPS, run_meta
@@ -384,6 +386,63 @@ def _store_meta(run_dir: Path, updates: dict[str, Any]) -> None:
     """Updates model.json in place (the weights are unchanged: temperature and TTA act in the forward)."""
     path = run_dir / META_FILE
     write_json(path, {**json.loads(path.read_text()), **updates})
+
+
+def predict(
+    run_dir: str | Path, inputs: Sequence[str | Path], *, out: str | Path | None = None, top_k: int = 5,
+    device: str = "auto", batch_size: int = 256, on_prediction=None,
+) -> dict[str, Any]:  # fmt: skip
+    """Classifies files, folders (recursive), globs and CSV manifests in batches (decoding in threads).
+
+    Writes `out` (.csv or .jsonl) as it goes; calls `on_prediction(pred)` per image (the CLI prints);
+    returns counts, the skipped files and, where true labels are known (class folders, a CSV label
+    column), the accuracy.
+
+    Example:
+        >>> imgcls.predict("runs/my-run", ["photos/"], out="predictions.csv")["count"]   # doctest: +SKIP
+    """
+    predictor = Predictor.from_run(run_dir, device=device)
+    files, labels, skipped = inputs_with_labels(inputs, predictor.classes)
+    writer = PredictionWriter(out) if out else None
+    count = correct = labelled = 0
+    try:
+        with _progress_bar(len(files)) as advance:
+            for preds, bad in predictor.predict_stream(files, top_k=top_k, batch_size=batch_size):
+                skipped += bad
+                for pred in preds:
+                    truth = labels.get(Path(pred["path"]))
+                    if writer:
+                        writer.write(pred, truth)
+                    if on_prediction:
+                        on_prediction(pred)
+                    count += 1
+                    if truth is not None:
+                        labelled += 1
+                        correct += pred["label"] == truth
+                advance(len(preds) + len(bad))
+    finally:
+        if writer:
+            writer.close()
+    if skipped:
+        log.warning("skipped %d path(s):\n%s", len(skipped), "\n".join(f"  {p}: {why}" for p, why in skipped))
+    summary = {"count": count, "skipped": skipped, "labelled": labelled}
+    if labelled:
+        summary["accuracy"] = round(correct / labelled, 6)
+        log.info("accuracy %.4f on %d labelled images", summary["accuracy"], labelled)
+    return summary
+
+
+@contextmanager
+def _progress_bar(total: int):
+    """A rich progress bar on a terminal (stderr), nothing elsewhere; yields advance(n)."""
+    if not sys.stderr.isatty() or total < 2:
+        yield lambda n: None
+        return
+    from rich.progress import Progress
+
+    with Progress(transient=True) as progress:
+        task = progress.add_task("predicting", total=total)
+        yield lambda n: progress.advance(task, n)
 
 
 def load(run_dir: str | Path, device: str = "auto") -> Predictor:

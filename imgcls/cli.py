@@ -104,7 +104,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Print the top-k classes of each image.",
     )
     p.add_argument("run_dir", metavar="RUN_DIR")
-    p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders (searched recursively)")
+    p.add_argument(
+        "paths",
+        nargs="+",
+        metavar="PATH",
+        help="image files, folders (searched recursively), globs ('photos/**/*.jpg') or a CSV manifest",
+    )
+    p.add_argument("--out", metavar="FILE", help="write predictions to FILE.csv or FILE.jsonl")
+    p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true", help="one JSON object per line on stdout")
@@ -247,21 +254,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from imgcls import api
-    from imgcls.inference.predict import expand_paths
 
-    predictor = api.load(args.run_dir, device=args.device)
-    files, missing = expand_paths(args.paths)
-    predictions, skipped = predictor.predict_files(files, top_k=args.top_k)
-    skipped = missing + skipped
-    for pred in predictions:
+    def show(pred: dict) -> None:
         if args.json:
             print(json.dumps(pred))
-        else:
+        elif not args.out:
             top = "  ".join(f"{t['label']} {t['probability']:.3f}" for t in pred["top_k"])
             print(f"{pred['path']}: {top}")
-    if skipped:
-        log.warning("skipped %d path(s):\n%s", len(skipped), "\n".join(f"  {p}: {why}" for p, why in skipped))
-    return 0 if predictions else 1
+
+    summary = api.predict(args.run_dir, args.paths, out=args.out, top_k=args.top_k, device=args.device,
+                          batch_size=args.batch_size, on_prediction=show)  # fmt: skip
+    if args.out:
+        print(f"{summary['count']} predictions written to {args.out}" + (f"; accuracy {summary['accuracy']:.4f} on "
+              f"{summary['labelled']} labelled images" if "accuracy" in summary else ""))  # fmt: skip
+    return 0 if summary["count"] else 1
 
 
 def cmd_models(args: argparse.Namespace) -> int:

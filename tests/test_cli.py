@@ -1,5 +1,6 @@
 """The command line end to end on tiny data: train, eval --json, predict, models, and clear errors."""
 
+import csv
 import json
 import subprocess
 import sys
@@ -8,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from imgcls import cli
-from tests.conftest import CLASSES, RUN_FILES, make_image
+from tests.conftest import CLASSES, RUN_FILES, make_image, write_class_tree
 
 TINY = [
     "--epochs",
@@ -101,6 +102,35 @@ def test_predict_names_the_right_classes(folder_run, tmp_path: Path, capsys):
         assert pred["label"] == Path(pred["path"]).stem.removeprefix("new_")
         assert len(pred["top_k"]) == 2 and 0 < pred["probability"] <= 1
     assert "skipped 1" in captured.err and "broken.png" in captured.err
+
+
+def test_batch_prediction_writes_csv_and_jsonl_and_scores_labelled_inputs(folder_run, tmp_path: Path, capsys):
+    data, run = folder_run
+    tree = tmp_path / "tree"
+    write_class_tree(tree, per_class=5, seed=7)  # class folders: true labels known
+    (tree / "circle" / "broken.png").write_bytes(b"nope")
+    out_csv = tmp_path / "preds.csv"
+    assert cli.main(["predict", str(run), str(tree), "--out", str(out_csv), "--batch-size", "4"]) == 0
+    captured = capsys.readouterr()
+    rows = list(csv.DictReader(out_csv.open()))
+    assert len(rows) == 15 and {r["true_label"] for r in rows} == set(CLASSES)
+    assert all(len(r["top_k"].split(";")) == 3 for r in rows)
+    assert "15 predictions written" in captured.out and "accuracy" in captured.out
+    assert "skipped 1" in captured.err and "broken.png" in captured.err
+
+    manifest = tmp_path / "list.csv"
+    manifest.write_text(
+        "path,label\n" + "".join(f"tree/{c}/{c}_0.png,{c}\n" for c in CLASSES) + "tree/gone.png,circle\n"
+    )
+    out_jsonl = tmp_path / "preds.jsonl"
+    assert (
+        cli.main(["predict", str(run), str(manifest), str(tree / "cross" / "*.png"), "--out", str(out_jsonl)])
+        == 0
+    )
+    lines = [json.loads(line) for line in out_jsonl.read_text().splitlines()]
+    assert len(lines) == 3 + 5 and sum("true_label" in line for line in lines) == 4  # cross_0 is in both
+    assert "gone.png" in capsys.readouterr().err
+    assert cli.main(["predict", str(run), str(tree), "--out", str(tmp_path / "preds.txt")]) == 2
 
 
 @pytest.mark.parametrize(

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import csv
+import glob
+import json
 import logging
+import os
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import torch
 from PIL import Image
 
+from imgcls.config import ConfigError
 from imgcls.data.decode import IMAGE_EXTENSIONS, ImageDecodeError, open_image, to_channels
 from imgcls.data.transforms import to_float, to_square
 from imgcls.engine.state import WEIGHTS_FILE, load_weights, read_meta
@@ -106,6 +112,33 @@ class Predictor:
         preds = self.predict([t for _, t in good], top_k=top_k) if good else []
         return [{"path": str(p), **pred} for (p, _), pred in zip(good, preds)], skipped
 
+    def predict_stream(
+        self, paths: Sequence[Path], top_k: int = 5, batch_size: int = 256, threads: int | None = None
+    ) -> Iterator[tuple[list[dict[str, Any]], list[tuple[str, str]]]]:
+        """Predictions for many files, one batch at a time: files decode in threads (PIL releases the
+        GIL) while memory stays bounded by one batch. Yields (predictions with "path", skipped files)."""
+        threads = threads or min(
+            8, 2 * (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 2)
+        )
+
+        def decode(path: Path) -> torch.Tensor | str:
+            try:
+                return self.preprocess(path)
+            except ImageDecodeError as e:
+                return e.reason
+
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            pending = pool.map(decode, paths[:batch_size])
+            for start in range(0, len(paths), batch_size):
+                decoded = list(pending)
+                if start + batch_size < len(paths):  # decode the next batch while this one runs
+                    pending = pool.map(decode, paths[start + batch_size : start + 2 * batch_size])
+                chunk = paths[start : start + batch_size]
+                good = [(p, t) for p, t in zip(chunk, decoded) if isinstance(t, torch.Tensor)]
+                skipped = [(str(p), t) for p, t in zip(chunk, decoded) if isinstance(t, str)]
+                preds = self.predict([t for _, t in good], top_k=top_k, batch_size=batch_size) if good else []
+                yield [{"path": str(p), **pred} for (p, _), pred in zip(good, preds)], skipped
+
     def _name(self, index: int) -> str:
         return self.meta.classes[index] if index < len(self.meta.classes) else str(index)
 
@@ -127,10 +160,16 @@ class Predictor:
 
 
 def expand_paths(inputs: Iterable[str | Path]) -> tuple[list[Path], list[tuple[str, str]]]:
-    """Files as given, folders searched recursively for images; missing paths are reported."""
+    """Files as given, folders searched recursively for images, globs expanded; missing paths are reported."""
     files, missing = [], []
     for item in inputs:
         path = Path(item)
+        if not path.exists() and any(c in str(item) for c in "*?["):
+            matches = sorted(Path(m) for m in glob.glob(str(item), recursive=True))
+            files += [m for m in matches if m.is_file()]
+            if not matches:
+                missing.append((str(item), "no file matches this pattern"))
+            continue
         if path.is_dir():
             files += sorted(
                 p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
@@ -145,3 +184,67 @@ def expand_paths(inputs: Iterable[str | Path]) -> tuple[list[Path], list[tuple[s
 def _chunks(items: Sequence, size: int) -> Iterator[Sequence]:
     for i in range(0, len(items), size):
         yield items[i : i + size]
+
+
+def inputs_with_labels(
+    inputs: Sequence[str | Path], classes: Sequence[str]
+) -> tuple[list[Path], dict[Path, str], list[tuple[str, str]]]:
+    """Files to predict and the true labels known for them: a CSV manifest's label column, or the class
+    folder a file sits in (when every file of a folder input sits in a folder named like a class)."""
+    files, labels, missing = [], {}, []
+    known = set(classes)
+    for item in inputs:
+        path = Path(item)
+        if path.is_file() and path.suffix.lower() == ".csv":
+            rows, bad = _manifest(path)
+            files += [p for p, _ in rows]
+            labels |= {p: label for p, label in rows if label}
+            missing += bad
+            continue
+        found, lost = expand_paths([item])
+        files += found
+        missing += lost
+        if path.is_dir() and found and all(f.parent.name in known for f in found):
+            labels |= {f: f.parent.name for f in found}
+    return files, labels, missing
+
+
+def _manifest(path: Path) -> tuple[list[tuple[Path, str]], list[tuple[str, str]]]:
+    """Rows `path[,label[,...]]` of a CSV (header optional); paths relative to the CSV's folder."""
+    rows, bad = [], []
+    with open(path, newline="") as f:
+        for lineno, row in enumerate(csv.reader(f), 1):
+            if not row or not row[0].strip():
+                continue
+            if lineno == 1 and row[0].strip().lower() in ("path", "file", "filename", "image", "filepath"):
+                continue
+            file = (path.parent / row[0].strip()).resolve()
+            if not file.is_file():
+                bad.append((f"{path}:{lineno}", f"no such file {row[0].strip()}"))
+                continue
+            rows.append((file, row[1].strip() if len(row) > 1 else ""))
+    return rows, bad
+
+
+class PredictionWriter:
+    """Predictions to `.csv` (path, label, probability, top_k as label:prob;..., true_label) or `.jsonl`."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        if self.path.suffix.lower() not in (".csv", ".jsonl"):
+            raise ConfigError(f"--out must end in .csv or .jsonl, not {self.path.name!r}")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = open(self.path, "w", newline="")  # noqa: SIM115  (closed in close())
+        self.csv = csv.writer(self.file) if self.path.suffix.lower() == ".csv" else None
+        if self.csv:
+            self.csv.writerow(["path", "label", "probability", "top_k", "true_label"])
+
+    def write(self, pred: dict[str, Any], true_label: str | None) -> None:
+        if self.csv:
+            top = ";".join(f"{t['label']}:{t['probability']}" for t in pred["top_k"])
+            self.csv.writerow([pred["path"], pred["label"], pred["probability"], top, true_label or ""])
+        else:
+            self.file.write(json.dumps({**pred, **({"true_label": true_label} if true_label else {})}) + "\n")
+
+    def close(self) -> None:
+        self.file.close()

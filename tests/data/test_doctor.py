@@ -144,7 +144,9 @@ def test_training_stops_on_leakage_unless_told_otherwise(planted: Path, tmp_path
 
 def test_html_report_shows_thumbnails_of_named_files(planted: Path, tmp_path: Path):
     page = tmp_path / "check.html"
-    assert cli.main(["data", "check", str(planted), "--out", str(tmp_path / "r.json"), "--html", str(page)]) == 1
+    assert (
+        cli.main(["data", "check", str(planted), "--out", str(tmp_path / "r.json"), "--html", str(page)]) == 1
+    )
     text = page.read_text()
     for section in ("classes", "stats", "findings"):
         assert f"id='{section}'" in text
