@@ -8,7 +8,7 @@ import json
 import logging
 import os
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ from PIL import Image
 
 from imgcls.config import ConfigError
 from imgcls.data.decode import IMAGE_EXTENSIONS, ImageDecodeError, open_image, to_channels
+from imgcls.data.memory import decode_files
 from imgcls.data.transforms import to_float, to_square
 from imgcls.engine.state import WEIGHTS_FILE, load_weights, read_meta
 from imgcls.models import Classifier, ModelMeta, build_model
@@ -24,6 +25,7 @@ from imgcls.utils.env import select_device
 
 log = logging.getLogger("imgcls")
 ImageInput = str | Path | Image.Image | torch.Tensor
+SMALL_FILE_BYTES = 8192  # below this average size (thumbnail-sized images) decoding stays in-process
 
 
 class Predictor:
@@ -88,15 +90,21 @@ class Predictor:
             images = [images]
         elif isinstance(images, torch.Tensor):
             images = list(images)
-        k = max(1, min(top_k, self.meta.num_classes))
         out = []
         for chunk in _chunks(images, batch_size):
-            batch = torch.stack([self.preprocess(im) for im in chunk]).to(self.device)
-            probs = self.model(to_float(batch)).float().softmax(1)
-            values, indices = probs.topk(k, dim=1)
-            for vals, idxs in zip(values.tolist(), indices.tolist()):
-                top = [{"label": self._name(i), "probability": round(v, 6)} for v, i in zip(vals, idxs)]
-                out.append({"label": top[0]["label"], "probability": top[0]["probability"], "top_k": top})
+            out += self._classify(torch.stack([self.preprocess(im) for im in chunk]), top_k)
+        return out
+
+    @torch.inference_mode()
+    def _classify(self, batch: torch.Tensor, top_k: int) -> list[dict[str, Any]]:
+        """Top-k of a preprocessed uint8 batch (N, C, S, S)."""
+        k = max(1, min(top_k, self.meta.num_classes))
+        probs = self.model(to_float(batch.to(self.device))).float().softmax(1)
+        values, indices = probs.topk(k, dim=1)
+        out = []
+        for vals, idxs in zip(values.tolist(), indices.tolist()):
+            top = [{"label": self._name(i), "probability": round(v, 6)} for v, i in zip(vals, idxs)]
+            out.append({"label": top[0]["label"], "probability": top[0]["probability"], "top_k": top})
         return out
 
     def predict_files(
@@ -113,31 +121,43 @@ class Predictor:
         return [{"path": str(p), **pred} for (p, _), pred in zip(good, preds)], skipped
 
     def predict_stream(
-        self, paths: Sequence[Path], top_k: int = 5, batch_size: int = 256, threads: int | None = None
+        self, paths: Sequence[Path], top_k: int = 5, batch_size: int = 256, workers: int | None = None
     ) -> Iterator[tuple[list[dict[str, Any]], list[tuple[str, str]]]]:
-        """Predictions for many files, one batch at a time: files decode in threads (PIL releases the
-        GIL) while memory stays bounded by one batch. Yields (predictions with "path", skipped files)."""
-        threads = threads or min(
-            8, 2 * (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 2)
-        )
+        """Predictions for many files, one batch at a time, in input order: worker processes decode the
+        next batches while the model runs on this one (per-file decoding is mostly Python, which threads
+        would serialize). Memory stays bounded by a few batches. Yields (predictions with "path", skipped)."""
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        if (
+            workers is None
+        ):  # tiny files decode faster than a worker can ship them back (bench/predict_files.py)
+            sample = [q.stat().st_size for q in paths[:32] if q.is_file()]
+            workers = cores if sample and sum(sample) / len(sample) >= SMALL_FILE_BYTES else 0
+        chunks = [list(paths[i : i + batch_size]) for i in range(0, len(paths), batch_size)]
+        size, channels = self.meta.input_size, self.meta.in_chans
+        if workers <= 0 or len(chunks) < 2:
+            pool = None
+            results = (decode_files(c, size, channels, threads=1) for c in chunks)
+        else:
+            # One intra-op thread per worker, as DataLoader workers do: a forked child must not enter the
+            # parent's OpenMP pool (it would hang), and the cores are the workers' anyway.
+            pool = ProcessPoolExecutor(max_workers=workers, initializer=torch.set_num_threads, initargs=(1,))
+            ahead = [pool.submit(decode_files, c, size, channels, 1) for c in chunks[: workers + 1]]
+            results = (self._next(ahead, pool, chunks, k, size, channels) for k in range(len(chunks)))
+        try:
+            for chunk, (images, ok, failed) in zip(chunks, results):
+                preds = self._classify(images, top_k) if len(ok) else []  # decoded and squared already
+                yield [{"path": str(chunk[i]), **pred} for i, pred in zip(ok.tolist(), preds)], failed
+        finally:
+            if pool is not None:
+                pool.shutdown(cancel_futures=True)
 
-        def decode(path: Path) -> torch.Tensor | str:
-            try:
-                return self.preprocess(path)
-            except ImageDecodeError as e:
-                return e.reason
-
-        with ThreadPoolExecutor(max_workers=threads) as pool:
-            pending = pool.map(decode, paths[:batch_size])
-            for start in range(0, len(paths), batch_size):
-                decoded = list(pending)
-                if start + batch_size < len(paths):  # decode the next batch while this one runs
-                    pending = pool.map(decode, paths[start + batch_size : start + 2 * batch_size])
-                chunk = paths[start : start + batch_size]
-                good = [(p, t) for p, t in zip(chunk, decoded) if isinstance(t, torch.Tensor)]
-                skipped = [(str(p), t) for p, t in zip(chunk, decoded) if isinstance(t, str)]
-                preds = self.predict([t for _, t in good], top_k=top_k, batch_size=batch_size) if good else []
-                yield [{"path": str(p), **pred} for (p, _), pred in zip(good, preds)], skipped
+    @staticmethod
+    def _next(ahead: list, pool, chunks: list, k: int, size: int, channels: int):
+        """Batch k's decoded images; submits the batch that keeps the pipeline full."""
+        if len(ahead) < len(chunks):  # `ahead` holds every submitted batch, in order
+            ahead.append(pool.submit(decode_files, chunks[len(ahead)], size, channels, 1))
+        result, ahead[k] = ahead[k].result(), None  # drop the future: memory stays bounded
+        return result
 
     def _name(self, index: int) -> str:
         return self.meta.classes[index] if index < len(self.meta.classes) else str(index)
