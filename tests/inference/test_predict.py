@@ -50,3 +50,24 @@ def test_batch_of_tensors_and_errors(digits_run: Path):
         predictor.predict(Path("/no/such.png"))
     with pytest.raises(ValueError, match="image tensor"):
         predictor.predict(torch.rand(2, 5, 8, 8))
+
+
+def test_streamed_prediction_in_worker_processes_keeps_order_and_skips(digits_run: Path, tmp_path: Path):
+    rng = np.random.default_rng(0)
+    files = []
+    for i in range(11):
+        path = tmp_path / f"{i}.png"
+        Image.fromarray(rng.integers(0, 255, (8, 8), dtype=np.uint8), "L").save(path)
+        files.append(path)
+    (tmp_path / "5.png").write_bytes(b"broken")
+    predictor = imgcls.load(digits_run)
+    inline = list(predictor.predict_stream(files, batch_size=4, workers=0))
+    parallel = list(predictor.predict_stream(files, batch_size=4, workers=2))
+    assert inline == parallel and len(inline) == 3
+    preds = [p for batch, _ in parallel for p in batch]
+    skipped = [s for _, batch in parallel for s in batch]
+    assert [p["path"] for p in preds] == [str(f) for f in files if f.name != "5.png"]
+    assert skipped == [(str(tmp_path / "5.png"), skipped[0][1])] and "not an image" in skipped[0][1]
+    assert [p["label"] for p in preds] == [
+        p["label"] for p in predictor.predict([f for f in files if f.name != "5.png"])
+    ]
