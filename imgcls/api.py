@@ -30,6 +30,8 @@ from imgcls.engine.lr_find import lr_range_test
 from imgcls.engine.optim import resolve_optim
 from imgcls.engine.state import META_FILE, STATE_FILE, WEIGHTS_FILE, CheckpointError, load_weights
 from imgcls.engine.train import Plan, fit, head_phase, new_state
+from imgcls.inference.export import ExportResult
+from imgcls.inference.export import export as export_model
 from imgcls.inference.predict import PredictionWriter, Predictor, inputs_with_labels
 from imgcls.metrics import calibration, evaluation_report
 from imgcls.models import Classifier, build_model, default_input_size
@@ -443,6 +445,34 @@ def _progress_bar(total: int):
     with Progress(transient=True) as progress:
         task = progress.add_task("predicting", total=total)
         yield lambda n: progress.advance(task, n)
+
+
+def export(
+    run_dir: str | Path, fmt: str = "onnx", *, out: str | Path | None = None, layout: str = "nhwc",
+    check_limit: int = 2000,
+) -> ExportResult:  # fmt: skip
+    """Exports a run's model with its preprocessing in the graph and checks it against PyTorch on up to
+    `check_limit` images of the run's validation split (else test); raises ExportError on disagreement.
+
+    Example:
+        >>> imgcls.export("runs/my-run", "onnx").agreement                           # doctest: +SKIP
+        1.0
+    """
+    run_dir = Path(run_dir)
+    predictor = Predictor.from_run(run_dir, device="cpu")
+    meta = predictor.meta
+    cfg = _run_config(run_dir)
+    data_cfg = replace(cfg.data, cache="ram", strict=False)
+    bundle = prepare(
+        _align_classes(open_dataset(data_cfg), meta.classes), data_cfg, meta.input_size, meta.in_chans
+    )
+    split = bundle.val or bundle.test or bundle.train
+    images = split.images[:check_limit]
+    out = Path(out) if out else run_dir / ("model.onnx" if fmt == "onnx" else "model.torchscript.pt")
+    result = export_model(predictor.model, out, fmt, layout, images)
+    log.info("exported %s: top-1 agreement with PyTorch %.4f%%, max probability difference %.2e on %d images",
+             out, 100 * result.agreement, result.max_prob_diff, result.checked)  # fmt: skip
+    return result
 
 
 def load(run_dir: str | Path, device: str = "auto") -> Predictor:

@@ -63,6 +63,8 @@ def test_fashion_mnist_one_epoch_through_the_cli(tmp_path: Path):
     assert pred["label"] in result["per_class"]
     assert 0 < result["accuracy_ci"][0] < result["accuracy"] < result["accuracy_ci"][1] < 1
     assert_report_renders_in_chromium(run / "report.html", tmp_path)
+    exported = run_cli("export", str(run), "--format", "onnx").stdout
+    assert "top-1 agreement with PyTorch" in exported and (run / "model.onnx").is_file()
 
 
 SECTIONS = ("headline", "per-class", "confusion", "mistakes", "calibration", "curves")

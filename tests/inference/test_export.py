@@ -1,0 +1,60 @@
+"""Export with preprocessing inside: ONNX and TorchScript agree with PyTorch and describe themselves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import imgcls
+from imgcls import cli
+from imgcls.inference import export as export_lib
+from imgcls.inference.export import ExportError, artifact_metadata, load_artifact
+
+
+@pytest.fixture(scope="module")
+def rgb_run(tmp_path_factory) -> Path:
+    from tests.conftest import write_class_tree
+
+    root = tmp_path_factory.mktemp("export")
+    write_class_tree(root / "data", per_class=12)
+    over = {"train.amp": "off", "log.progress": False, "data.batch_size": 8}
+    return imgcls.train(
+        data=str(root / "data"), model="smallnet", epochs=2, out=root / "run", overrides=over
+    ).run_dir
+
+
+@pytest.mark.parametrize(("fmt", "layout"), [("onnx", "nhwc"), ("torchscript", "nchw")])
+def test_export_passes_its_parity_check_and_carries_metadata(rgb_run: Path, fmt: str, layout: str, capsys):
+    assert cli.main(["export", str(rgb_run), "--format", fmt, "--layout", layout]) == 0
+    assert "top-1 agreement with PyTorch 100.00%" in capsys.readouterr().out
+    path = rgb_run / ("model.onnx" if fmt == "onnx" else "model.torchscript.pt")
+    meta = artifact_metadata(path)
+    assert meta["classes"] == ["circle", "cross", "square"] and meta["imgcls_version"] == imgcls.__version__
+    assert meta["input"]["dtype"] == "uint8" and meta["input"]["layout"] == layout.upper()
+    run = load_artifact(path)
+    predictor = imgcls.load(rgb_run, device="cpu")
+    image = torch.randint(0, 255, (3, 32, 32), dtype=torch.uint8)
+    x = image.permute(1, 2, 0)[None] if layout == "nhwc" else image[None]
+    probs = run(x.numpy())
+    assert probs.shape == (1, 3) and np.isclose(probs.sum(), 1, atol=1e-5)
+    expected = predictor.predict(image)[0]
+    assert predictor.classes[int(probs.argmax())] == expected["label"]
+    assert abs(float(probs.max()) - expected["probability"]) < 1e-4
+    big = torch.nn.functional.interpolate(
+        x.float() if layout == "nchw" else x.permute(0, 3, 1, 2).float(), size=(48, 48)
+    )
+    big = big.round().to(torch.uint8)
+    assert run((big.permute(0, 2, 3, 1) if layout == "nhwc" else big).numpy()).shape == (
+        1,
+        3,
+    )  # resized inside
+
+
+def test_a_disagreeing_export_fails(rgb_run: Path, tmp_path: Path, monkeypatch):
+    monkeypatch.setattr(export_lib, "PROB_TOLERANCE", -1.0)
+    with pytest.raises(ExportError, match="disagrees with PyTorch"):
+        imgcls.api.export(rgb_run, "onnx", out=tmp_path / "m.onnx")
+    assert cli.main(["export", str(rgb_run), "--format", "onnx", "--out", str(tmp_path / "m2.onnx")]) == 2
