@@ -32,7 +32,7 @@ from imgcls.engine.state import META_FILE, STATE_FILE, WEIGHTS_FILE, CheckpointE
 from imgcls.engine.train import Plan, fit, head_phase, new_state
 from imgcls.inference.export import ExportResult
 from imgcls.inference.export import export as export_model
-from imgcls.inference.predict import PredictionWriter, Predictor, inputs_with_labels
+from imgcls.inference.predict import ArtifactPredictor, PredictionWriter, Predictor, inputs_with_labels
 from imgcls.metrics import calibration, evaluation_report
 from imgcls.models import Classifier, build_model, default_input_size
 from imgcls.models.transfer import NUM_GROUPS, run_meta
@@ -392,10 +392,11 @@ def _store_meta(run_dir: Path, updates: dict[str, Any]) -> None:
 
 def predict(
     run_dir: str | Path, inputs: Sequence[str | Path], *, out: str | Path | None = None, top_k: int = 5,
-    device: str = "auto", batch_size: int = 256, on_prediction=None,
+    device: str = "auto", batch_size: int = 256, on_prediction=None, backend: str = "torch",
 ) -> dict[str, Any]:  # fmt: skip
     """Classifies files, folders (recursive), globs and CSV manifests in batches (decoding in threads).
 
+    `backend`: torch (the run folder), or onnx/torchscript (its exported artifact, or an artifact path).
     Writes `out` (.csv or .jsonl) as it goes; calls `on_prediction(pred)` per image (the CLI prints);
     returns counts, the skipped files and, where true labels are known (class folders, a CSV label
     column), the accuracy.
@@ -403,7 +404,7 @@ def predict(
     Example:
         >>> imgcls.predict("runs/my-run", ["photos/"], out="predictions.csv")["count"]   # doctest: +SKIP
     """
-    predictor = Predictor.from_run(run_dir, device=device)
+    predictor = _predictor(run_dir, device, backend)
     files, labels, skipped = inputs_with_labels(inputs, predictor.classes)
     writer = PredictionWriter(out) if out else None
     count = correct = labelled = 0
@@ -432,6 +433,20 @@ def predict(
         summary["accuracy"] = round(correct / labelled, 6)
         log.info("accuracy %.4f on %d labelled images", summary["accuracy"], labelled)
     return summary
+
+
+def _predictor(run_dir: str | Path, device: str, backend: str) -> Predictor:
+    """PyTorch from the run folder, or the exported artifact (`imgcls export`) for onnx/torchscript."""
+    if backend == "torch":
+        return Predictor.from_run(run_dir, device=device)
+    path = Path(run_dir)
+    if path.is_dir():
+        path = path / ("model.onnx" if backend == "onnx" else "model.torchscript.pt")
+    if not path.is_file():
+        raise config_lib.ConfigError(
+            f"no exported model at {path}; run: imgcls export {run_dir} --format {backend}"
+        )
+    return ArtifactPredictor(path)
 
 
 @contextmanager

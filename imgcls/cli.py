@@ -112,6 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", metavar="FILE", help="write predictions to FILE.csv or FILE.jsonl")
     p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument(
+        "--backend",
+        choices=["torch", "onnx", "torchscript"],
+        default="torch",
+        help="run the exported artifact (imgcls export) instead of PyTorch; RUN_DIR may be the file",
+    )
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true", help="one JSON object per line on stdout")
@@ -280,7 +286,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             print(f"{pred['path']}: {top}")
 
     summary = api.predict(args.run_dir, args.paths, out=args.out, top_k=args.top_k, device=args.device,
-                          batch_size=args.batch_size, on_prediction=show)  # fmt: skip
+                          batch_size=args.batch_size, on_prediction=show, backend=args.backend)  # fmt: skip
     if args.out:
         print(f"{summary['count']} predictions written to {args.out}" + (f"; accuracy {summary['accuracy']:.4f} on "
               f"{summary['labelled']} labelled images" if "accuracy" in summary else ""))  # fmt: skip

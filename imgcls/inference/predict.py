@@ -98,8 +98,11 @@ class Predictor:
     @torch.inference_mode()
     def _classify(self, batch: torch.Tensor, top_k: int) -> list[dict[str, Any]]:
         """Top-k of a preprocessed uint8 batch (N, C, S, S)."""
-        k = max(1, min(top_k, self.meta.num_classes))
         probs = self.model(to_float(batch.to(self.device))).float().softmax(1)
+        return self._top_k(probs, top_k)
+
+    def _top_k(self, probs: torch.Tensor, top_k: int) -> list[dict[str, Any]]:
+        k = max(1, min(top_k, self.meta.num_classes))
         values, indices = probs.topk(k, dim=1)
         out = []
         for vals, idxs in zip(values.tolist(), indices.tolist()):
@@ -177,6 +180,25 @@ class Predictor:
             pil = Image.fromarray(t.permute(1, 2, 0).squeeze(-1).numpy(), mode)
             return self.square(to_channels(pil, self.meta.in_chans))
         return self.square(t)
+
+
+class ArtifactPredictor(Predictor):
+    """A Predictor over an exported artifact (`imgcls export`): the same inputs and outputs, but the model
+    runs in onnxruntime (or TorchScript) with its in-graph preprocessing; files are squared as by Predictor."""
+
+    def __init__(self, path: str | Path) -> None:
+        from imgcls.inference.export import artifact_metadata, load_artifact
+
+        info = artifact_metadata(path)
+        self.meta = ModelMeta.from_dict(info["model"])
+        self.layout = info["input"]["layout"].lower()
+        self.run = load_artifact(path)
+        self.device = torch.device("cpu")
+        self.square = to_square(self.meta.input_size)
+
+    def _classify(self, batch: torch.Tensor, top_k: int) -> list[dict[str, Any]]:
+        x = batch.permute(0, 2, 3, 1) if self.layout == "nhwc" else batch
+        return self._top_k(torch.from_numpy(self.run(x.contiguous().numpy())), top_k)
 
 
 def expand_paths(inputs: Iterable[str | Path]) -> tuple[list[Path], list[tuple[str, str]]]:

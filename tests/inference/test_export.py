@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -58,3 +59,27 @@ def test_a_disagreeing_export_fails(rgb_run: Path, tmp_path: Path, monkeypatch):
     with pytest.raises(ExportError, match="disagrees with PyTorch"):
         imgcls.api.export(rgb_run, "onnx", out=tmp_path / "m.onnx")
     assert cli.main(["export", str(rgb_run), "--format", "onnx", "--out", str(tmp_path / "m2.onnx")]) == 2
+
+
+def test_predict_with_the_onnx_backend_gives_the_same_output(rgb_run: Path, tmp_path: Path):
+    from tests.conftest import write_class_tree
+
+    write_class_tree(tmp_path / "new", per_class=4, seed=5)
+    imgcls.api.export(rgb_run, "onnx")
+    rows = {}
+    for backend in ("torch", "onnx"):
+        out = tmp_path / f"{backend}.jsonl"
+        assert (
+            cli.main(
+                ["predict", str(rgb_run), str(tmp_path / "new"), "--backend", backend, "--out", str(out)]
+            )
+            == 0
+        )
+        rows[backend] = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["label"] for r in rows["torch"]] == [r["label"] for r in rows["onnx"]] and len(
+        rows["onnx"]
+    ) == 12
+    assert all(abs(a["probability"] - b["probability"]) < 1e-4 for a, b in zip(rows["torch"], rows["onnx"]))
+    assert (
+        cli.main(["predict", str(tmp_path), str(tmp_path / "new"), "--backend", "onnx"]) == 2
+    )  # no export there
