@@ -30,7 +30,7 @@ from imgcls.engine.lr_find import lr_range_test
 from imgcls.engine.optim import resolve_optim
 from imgcls.engine.state import META_FILE, STATE_FILE, WEIGHTS_FILE, CheckpointError, load_weights
 from imgcls.engine.train import Plan, fit, head_phase, new_state
-from imgcls.inference.export import ExportResult
+from imgcls.inference.export import ExportResult, quantize_int8
 from imgcls.inference.export import export as export_model
 from imgcls.inference.predict import ArtifactPredictor, PredictionWriter, Predictor, inputs_with_labels
 from imgcls.metrics import calibration, evaluation_report
@@ -464,7 +464,7 @@ def _progress_bar(total: int):
 
 def export(
     run_dir: str | Path, fmt: str = "onnx", *, out: str | Path | None = None, layout: str = "nhwc",
-    check_limit: int = 2000,
+    check_limit: int = 2000, int8: bool = False,
 ) -> ExportResult:  # fmt: skip
     """Exports a run's model with its preprocessing in the graph and checks it against PyTorch on up to
     `check_limit` images of the run's validation split (else test); raises ExportError on disagreement.
@@ -484,7 +484,19 @@ def export(
     split = bundle.val or bundle.test or bundle.train
     images = split.images[:check_limit]
     out = Path(out) if out else run_dir / ("model.onnx" if fmt == "onnx" else "model.torchscript.pt")
+    if int8 and fmt != "onnx":
+        raise config_lib.ConfigError("--int8 needs --format onnx (onnxruntime static quantization)")
     result = export_model(predictor.model, out, fmt, layout, images)
+    if int8:
+        calibration = bundle.train.images[
+            torch.randperm(len(bundle.train), generator=torch.Generator().manual_seed(0))[:512]
+        ]
+        result.int8 = quantize_int8(
+            out, out.with_suffix(".int8.onnx"), calibration, images, split.labels[:check_limit], layout
+        )
+        q = result.int8
+        log.info("int8: accuracy %.4f -> %.4f, top-1 agreement %.4f, %s -> %s images/s (%.2fx)", q["accuracy_fp32"],
+                 q["accuracy_int8"], q["top1_agreement"], q["images_per_s_fp32"], q["images_per_s_int8"], q["speedup"])  # fmt: skip
     log.info("exported %s: top-1 agreement with PyTorch %.4f%%, max probability difference %.2e on %d images",
              out, 100 * result.agreement, result.max_prob_diff, result.checked)  # fmt: skip
     return result

@@ -83,3 +83,12 @@ def test_predict_with_the_onnx_backend_gives_the_same_output(rgb_run: Path, tmp_
     assert (
         cli.main(["predict", str(tmp_path), str(tmp_path / "new"), "--backend", "onnx"]) == 2
     )  # no export there
+
+
+def test_int8_export_reports_accuracy_and_speed(rgb_run: Path, capsys):
+    assert cli.main(["export", str(rgb_run), "--int8"]) == 0
+    out = capsys.readouterr().out
+    assert "model.int8.onnx: accuracy" in out and "images/s" in out
+    run = load_artifact(rgb_run / "model.int8.onnx")
+    assert run(np.zeros((2, 32, 32, 3), dtype=np.uint8)).shape == (2, 3)
+    assert cli.main(["export", str(rgb_run), "--format", "torchscript", "--int8"]) == 2
