@@ -502,6 +502,27 @@ def export(
     return result
 
 
+def serve(
+    run_dir: str | Path, *, host: str = "127.0.0.1", port: int = 8000, device: str = "auto",
+    batch_window_ms: float = 5.0, max_bytes: int = 10 << 20,
+) -> None:  # fmt: skip
+    """Serves a run's model over HTTP (FastAPI + uvicorn) until interrupted; loopback only by default.
+
+    Example:
+        >>> imgcls.serve("runs/my-run", port=8000)                                   # doctest: +SKIP
+    """
+    import uvicorn
+
+    from imgcls.inference.serve import ServeConfig, create_app
+
+    app = create_app(
+        Predictor.from_run(run_dir, device=device),
+        ServeConfig(max_bytes=max_bytes, batch_window_ms=batch_window_ms),
+    )
+    log.info("serving %s on http://%s:%d (page: /, API docs: /docs)", run_dir, host, port)
+    uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
 def load(run_dir: str | Path, device: str = "auto") -> Predictor:
     """The trained model of a run folder, ready to predict on paths, PIL images or tensors.
 

@@ -178,6 +178,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     x.set_defaults(func=cmd_export)
 
+    v = sub.add_parser("serve", help="serve a run's model over HTTP, with a page to try it",
+                       description="POST /predict (multipart images) -> top-k JSON; GET /health, /info; GET / is a page; "
+                       "OpenAPI docs at /docs. Binds to loopback unless --host says otherwise.")  # fmt: skip
+    v.add_argument("run_dir", metavar="RUN_DIR")
+    v.add_argument("--host", default="127.0.0.1")
+    v.add_argument("--port", type=int, default=8000)
+    v.add_argument("--device", default="auto")
+    v.add_argument(
+        "--batch-window-ms",
+        type=float,
+        default=5.0,
+        help="batch requests arriving within this window; 0: off",
+    )
+    v.add_argument("--max-mb", type=float, default=10.0, help="upload size limit per file (MB)")
+    v.set_defaults(func=cmd_serve)
+
     m = sub.add_parser(
         "models",
         help="list registered model names",
@@ -309,6 +325,14 @@ def cmd_export(args: argparse.Namespace) -> int:
         print(f"{q['path']}: accuracy {q['accuracy_fp32']:.4f} -> {q['accuracy_int8']:.4f}, top-1 agreement "
               f"{q['top1_agreement']:.2%}, {q['images_per_s_fp32']} -> {q['images_per_s_int8']} images/s "
               f"({q['speedup']:.2f}x)")  # fmt: skip
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from imgcls import api
+
+    api.serve(args.run_dir, host=args.host, port=args.port, device=args.device,
+              batch_window_ms=args.batch_window_ms, max_bytes=int(args.max_mb * (1 << 20)))  # fmt: skip
     return 0
 
 
