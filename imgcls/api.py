@@ -365,6 +365,8 @@ def evaluate(
             "calibration_before": calibration(raw_logits.softmax(1), labels),
         }
         extra["calibration_after"] = calibration((raw_logits / temperature).softmax(1), labels)
+        # The report's main calibration is the one before scaling, shown against the one after.
+        extra |= {"calibration": extra["calibration_before"], "ece": extra["calibration_after"]["ece"]}
         meta.temperature = temperature
         if dist.is_main():
             _store_meta(run_dir, {"temperature": temperature, "tta": meta.tta})
@@ -374,11 +376,6 @@ def evaluate(
         _store_meta(run_dir, {"tta": meta.tta})
     result = _evaluate_and_write(model, None, meta.classes, run_dir, split, cfg, data=bundle.split(split),
                                  logits_labels=logits_of(split), extra=extra)  # fmt: skip
-    if calibrate:  # the report's main calibration is the one before scaling, shown against the one after
-        result["calibration"], result["ece"] = extra["calibration_before"], extra["calibration_after"]["ece"]
-        if dist.is_main():
-            write_json(run_dir / ("eval.json" if split == "test" else f"eval-{split}.json"), result)
-            report(run_dir, split)
     if show and dist.is_main():
         print_table(result, f"{run_dir.name}: {split} split of {data_cfg.name}")
     return result

@@ -21,17 +21,7 @@ import numpy as np  # noqa: E402
 
 def plot_curves(history: list[dict[str, float]], path: str | Path) -> None:
     """Loss and accuracy per epoch, train vs validation."""
-    epochs = [row["epoch"] for row in history]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, metric in zip(axes, ("loss", "acc")):
-        for split in ("train", "val"):
-            values = [row.get(f"{split}_{metric}") for row in history]
-            if any(v is not None for v in values):
-                ax.plot(epochs, values, marker="o", label=split)
-        ax.set(xlabel="epoch", ylabel=metric, title={"loss": "Loss", "acc": "Accuracy"}[metric])
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
+    fig = _curves_figure(history)
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -216,14 +206,15 @@ def _reliability_figure(calibrations: dict[str, dict[str, Any]]):
 
 
 def _curves_figure(history: list[dict[str, float]]):
+    """Loss and accuracy per epoch, train vs validation (curves.png and the HTML report)."""
     epochs = [row["epoch"] for row in history]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, metric in zip(axes, ("loss", "acc")):
         for split in ("train", "val"):
             values = [row.get(f"{split}_{metric}") for row in history]
             if any(v is not None for v in values):
                 ax.plot(epochs, values, marker="o", label=split)
-        ax.set(xlabel="epoch", title={"loss": "Loss", "acc": "Accuracy"}[metric])
+        ax.set(xlabel="epoch", ylabel=metric, title={"loss": "Loss", "acc": "Accuracy"}[metric])
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
