@@ -11,13 +11,19 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["train", "evaluate", "load", "lr_find", "check_data", "report", "predict", "__version__"]
+# The public functions live in imgcls.api; they are imported on first use, so `imgcls --help` and config
+# checks stay instant. No submodule may share one of these names: importing it would shadow the function.
+API = ("train", "evaluate", "report", "load", "predict", "export", "serve", "lr_find", "check_data", "make_config")
+__all__ = [*API, "__version__"]
 
 
 def __getattr__(name: str) -> Any:
-    # Import torch only when the API is used, so `imgcls --help` and config checks stay instant.
-    if name in ("train", "evaluate", "load", "lr_find", "check_data", "report", "predict"):
+    if name in API:
         from imgcls import api
 
         return getattr(api, name)
     raise AttributeError(f"module 'imgcls' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(API))

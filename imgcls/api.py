@@ -6,6 +6,7 @@ import contextlib
 import csv
 import json
 import logging
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -30,13 +31,14 @@ from imgcls.engine.lr_find import lr_range_test
 from imgcls.engine.optim import resolve_optim
 from imgcls.engine.state import META_FILE, STATE_FILE, WEIGHTS_FILE, CheckpointError, load_weights
 from imgcls.engine.train import Plan, fit, head_phase, new_state
+from imgcls.inference import samples
 from imgcls.inference.export import ExportResult, quantize_int8
 from imgcls.inference.export import export as export_model
 from imgcls.inference.predict import ArtifactPredictor, PredictionWriter, Predictor, inputs_with_labels
 from imgcls.metrics import calibration, evaluation_report
-from imgcls.models import Classifier, build_model, default_input_size
+from imgcls.models import Classifier, build_model, default_input_size, default_scratch_lr
 from imgcls.models.transfer import NUM_GROUPS, run_meta
-from imgcls.report import (
+from imgcls.reporting import (
     data_report_text,
     markdown_summary,
     plot_confusion,
@@ -59,6 +61,8 @@ from imgcls.utils.env import (
 )
 from imgcls.utils.io import new_run_dir, write_json, write_text
 
+__all__ = ["train", "evaluate", "report", "load", "predict", "export", "serve", "lr_find", "check_data",
+           "make_config", "TrainResult"]  # fmt: skip
 log = logging.getLogger("imgcls")
 SHORTHANDS = {
     "data": "data.name",
@@ -98,7 +102,7 @@ def make_config(
 def train(
     cfg: Config | None = None, *, config: str | Path | None = None, resume: str | Path | None = None,
     overrides: dict[str, Any] | None = None, callbacks: Sequence[Any] = (), count_startup: bool = False,
-    **shorthands: Any,
+    overwrite: bool = False, **shorthands: Any,
 ) -> TrainResult:  # fmt: skip
     """Trains a model, saves the run folder and evaluates it on the test split.
 
@@ -107,6 +111,7 @@ def train(
         resume: a run folder to continue from its last checkpoint (its config.yaml is the base).
         callbacks: extra callbacks (see imgcls.engine.callbacks) besides the progress and CSV loggers.
         count_startup: a time budget also covers the process's start-up (the CLI sets this).
+        overwrite: an existing run folder at `out` is emptied first (else a non-empty `out` is refused).
 
     Example:
         >>> result = imgcls.train(data="digits", model="tutorial-cnn", epochs=3)     # doctest: +SKIP
@@ -117,7 +122,8 @@ def train(
     cfg, device, bundle, model = _model_and_data(cfg)
     size, channels = model.meta.input_size, model.meta.in_chans
     launch = _launch_record(cfg)
-    run_dir = Path(dist.broadcast_object(str(_open_run_dir(cfg)) if dist.is_main() else None))
+    opened = _open_run_dir(cfg, resume is not None, overwrite) if dist.is_main() else None
+    run_dir = Path(dist.broadcast_object(str(opened) if opened else None))
     cfg = cfg.replace({"out": str(run_dir)})
     if dist.is_main():
         config_lib.save(cfg, run_dir / "config.yaml", launch)
@@ -279,11 +285,32 @@ def _resolve_config(
     return cfg if cfg is not None else make_config(config, overrides, **shorthands)
 
 
-def _open_run_dir(cfg: Config) -> Path:
-    run_dir = (
-        Path(cfg.out) if cfg.out else new_run_dir("runs", f"{_stem(cfg.data.name)}-{_stem(cfg.model.name)}")
-    )
-    run_dir.mkdir(parents=True, exist_ok=True)
+def _open_run_dir(cfg: Config, resuming: bool, overwrite: bool) -> Path:
+    """The run folder: new, resumed, or (with `overwrite`) an earlier run's folder emptied first.
+
+    A non-empty folder is refused otherwise: stale artifacts (model.onnx, eval-val.json, state.pt) beside
+    new weights would be served or resumed as if they belonged to this run.
+    """
+    if not cfg.out:
+        return new_run_dir("runs", f"{_stem(cfg.data.name)}-{_stem(cfg.model.name)}")
+    run_dir = Path(cfg.out)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        leftovers = sorted(p.name for p in run_dir.iterdir())
+    except OSError as e:
+        raise config_lib.ConfigError(f"cannot create the run folder {run_dir}: {e.strerror or e}") from None
+    if resuming or not leftovers:
+        return run_dir
+    if not overwrite:
+        raise config_lib.ConfigError(
+            f"--out {run_dir} is not empty ({', '.join(leftovers[:4])}{', ...' if len(leftovers) > 4 else ''}); "
+            "continue it with --resume, replace it with --overwrite, or choose another folder"
+        )
+    if "config.yaml" not in leftovers:  # never empty a folder imgcls did not make
+        raise config_lib.ConfigError(f"--overwrite refused: {run_dir} is not an imgcls run folder (no config.yaml)")
+    for path in run_dir.iterdir():
+        shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+    log.info("emptied the earlier run in %s (--overwrite)", run_dir)
     return run_dir
 
 
@@ -292,9 +319,10 @@ def _fit_logged(
     class_weights: torch.Tensor | None = None,
 ):  # fmt: skip
     """`fit` with the standard loggers, a resume hint on Ctrl-C, and the curves plot at the end."""
+    progress = ProgressLogger(cfg.log.progress)
     loggers: list[Any] = []
     if dist.is_main():  # the other ranks see the same (reduced) metrics: one writer is enough
-        loggers += [ProgressLogger(cfg.log.progress), CSVLogger(run_dir / "metrics.csv")]
+        loggers += [progress, CSVLogger(run_dir / "metrics.csv")]
         if cfg.log.tensorboard:
             loggers.append(TensorBoardLogger(run_dir / "tensorboard"))
     try:
@@ -302,10 +330,14 @@ def _fit_logged(
             cfg, state, plan, train_loader, val_loader, run_dir, [*loggers, *callbacks], class_weights
         )
     except KeyboardInterrupt:
-        log.warning(
-            "interrupted after epoch %d; continue with: imgcls train --resume %s", state.epoch, run_dir
-        )
+        progress.close()  # the live bar holds back what is logged while it runs: end it first
+        if (run_dir / STATE_FILE).is_file():
+            log.warning("interrupted in epoch %d; continue with: imgcls train --resume %s", state.epoch + 1, run_dir)
+        else:
+            log.warning("interrupted before the first checkpoint; nothing to resume in %s", run_dir)
         raise
+    finally:
+        progress.close()
     if state.history and dist.is_main():
         plot_curves(state.history, run_dir / "curves.png")
     return state
@@ -330,7 +362,7 @@ def evaluate(
     torch_device = select_device(device, local_rank=dist.local_rank())
     dist.init(torch_device)
     predictor = Predictor.from_run(run_dir, device=str(torch_device))
-    cfg = _run_config(run_dir)
+    cfg = _run_config(run_dir, data)
     data_cfg = replace(
         cfg.data, name=data or cfg.data.name, cache="auto" if cfg.data.cache == "off" else cfg.data.cache
     )
@@ -461,42 +493,70 @@ def _progress_bar(total: int):
 
 def export(
     run_dir: str | Path, fmt: str = "onnx", *, out: str | Path | None = None, layout: str = "nhwc",
-    check_limit: int = 2000, int8: bool = False,
+    check_limit: int = 500, check_images: str | Path | None = None, int8: bool = False,
 ) -> ExportResult:  # fmt: skip
-    """Exports a run's model with its preprocessing in the graph and checks it against PyTorch on up to
-    `check_limit` images of the run's validation split (else test); raises ExportError on disagreement.
+    """Exports a run's model with its preprocessing in the graph and checks it against `imgcls predict`.
+
+    The check feeds the artifact raw images of many shapes: up to `check_limit` images of `check_images`
+    (a folder), else of the run's validation split (else test, else train) resized to photo-like shapes,
+    else, when the run's data is gone, synthetic images (said in the log and in `result.check_source`);
+    always also a 4000x3000, a tiny and two extreme-aspect images. Raises ExportError on disagreement.
+    `int8` needs the run's data: its training images calibrate the quantization.
 
     Example:
         >>> imgcls.export("runs/my-run", "onnx").agreement                           # doctest: +SKIP
         1.0
     """
     run_dir = Path(run_dir)
-    predictor = Predictor.from_run(run_dir, device="cpu")
-    meta = predictor.meta
-    cfg = _run_config(run_dir)
-    data_cfg = replace(cfg.data, cache="ram", strict=False)
-    bundle = prepare(
-        _align_classes(open_dataset(data_cfg), meta.classes), data_cfg, meta.input_size, meta.in_chans
-    )
-    split = bundle.val or bundle.test or bundle.train
-    images = split.images[:check_limit]
-    out = Path(out) if out else run_dir / ("model.onnx" if fmt == "onnx" else "model.torchscript.pt")
     if int8 and fmt != "onnx":
         raise config_lib.ConfigError("--int8 needs --format onnx (onnxruntime static quantization)")
-    result = export_model(predictor.model, out, fmt, layout, images)
+    predictor = Predictor.from_run(run_dir, device="cpu")
+    meta = predictor.meta
+    bundle = _run_data(run_dir, meta.classes)
+    if check_images is not None:
+        images, source = samples.folder_sample(check_images, check_limit, meta.in_chans), str(check_images)
+        if not images:
+            raise DataError(f"--check-images {check_images}: no readable images there")
+    elif bundle is not None:
+        split_name = next(s for s in ("val", "test", "train") if getattr(bundle, s) is not None)
+        images, _ = samples.split_sample(bundle.split(split_name), check_limit, meta.in_chans)
+        source = f"{split_name} split of {bundle.name}"
+    else:
+        images, source = samples.synthetic(meta.in_chans), "synthetic images only"
+        log.warning("the run's data is not available: the export is checked on synthetic images only; "
+                    "pass --check-images DIR to check it on real ones")  # fmt: skip
+    out = Path(out) if out else run_dir / ("model.onnx" if fmt == "onnx" else "model.torchscript.pt")
+    result = export_model(predictor.model, out, fmt, layout, [*images, *samples.extremes(meta.in_chans)])
+    result.check_source = source
     if int8:
-        calibration = bundle.train.images[
-            torch.randperm(len(bundle.train), generator=torch.Generator().manual_seed(0))[:512]
-        ]
-        result.int8 = quantize_int8(
-            out, out.with_suffix(".int8.onnx"), calibration, images, split.labels[:check_limit], layout
-        )
-        q = result.int8
-        log.info("int8: accuracy %.4f -> %.4f, top-1 agreement %.4f, %s -> %s images/s (%.2fx)", q["accuracy_fp32"],
-                 q["accuracy_int8"], q["top1_agreement"], q["images_per_s_fp32"], q["images_per_s_int8"], q["speedup"])  # fmt: skip
-    log.info("exported %s: top-1 agreement with PyTorch %.4f%%, max probability difference %.2e on %d images",
-             out, 100 * result.agreement, result.max_prob_diff, result.checked)  # fmt: skip
+        result.int8 = _quantize(out, bundle, meta, layout, check_limit)
+    log.info("exported %s: top-1 agreement with PyTorch %.4f%%, max probability difference %.2e on %d images (%s)",
+             out, 100 * result.agreement, result.max_prob_diff, result.checked, source)  # fmt: skip
     return result
+
+
+def _run_data(run_dir: Path, classes: list[str]) -> DataBundle | None:
+    """The run's dataset (file lists or built-in tensors, nothing decoded), or None where it is gone."""
+    try:
+        cfg = _run_config(run_dir)
+        return _align_classes(open_dataset(replace(cfg.data, strict=False)), classes)
+    except (DataError, CheckpointError, config_lib.ConfigError) as e:
+        log.info("run data unavailable: %s", e)
+        return None
+
+
+def _quantize(out: Path, bundle: DataBundle | None, meta, layout: str, limit: int) -> dict[str, Any]:
+    """int8 calibrated on a sample of training images, its accuracy measured on held-out ones."""
+    if bundle is None:
+        raise DataError("--int8 calibrates on the run's training images, which are not available here")
+    held_out = bundle.val or bundle.test or bundle.train
+    calibration, _ = samples.split_sample(bundle.train, 512, meta.in_chans, seed=1)
+    check, labels = samples.split_sample(held_out, limit, meta.in_chans)
+    q = quantize_int8(out, out.with_suffix(".int8.onnx"), samples.squares(calibration, meta.input_size),
+                      samples.squares(check, meta.input_size), labels, layout)  # fmt: skip
+    log.info("int8: accuracy %.4f -> %.4f, top-1 agreement %.4f, %s -> %s images/s (%.2fx)", q["accuracy_fp32"],
+             q["accuracy_int8"], q["top1_agreement"], q["images_per_s_fp32"], q["images_per_s_int8"], q["speedup"])  # fmt: skip
+    return q
 
 
 def serve(
@@ -580,7 +640,7 @@ def resolve_recipe(cfg: Config) -> Config:
     if recipe == "auto":
         recipe = "finetune" if cfg.model.pretrained or cfg.model.weights else "scratch"
         updates["train.recipe"] = recipe
-    optim = resolve_optim(cfg.optim, finetune=recipe == "finetune")
+    optim = resolve_optim(cfg.optim, finetune=recipe == "finetune", scratch_lr=default_scratch_lr(cfg.model.name))
     updates |= {"optim.name": optim.name, "optim.lr": optim.lr, "optim.weight_decay": optim.weight_decay}
     if (
         cfg.model.weights and cfg.model.width is None
@@ -832,9 +892,15 @@ def _align_classes(bundle: DataBundle, classes: list[str]) -> DataBundle:
     )
 
 
-def _run_config(run_dir: Path) -> Config:
+def _run_config(run_dir: Path, data: str | None = None) -> Config:
+    """The run's config.yaml; without one, only a run told which data to use can go on (never a guess)."""
     path = run_dir / "config.yaml"
-    return config_lib.load(path) if path.is_file() else Config()
+    if path.is_file():
+        return config_lib.load(path)
+    if data is None:
+        raise CheckpointError(f"{run_dir} has no config.yaml, so the data it was trained on is unknown; "
+                              "name the data with --data")  # fmt: skip
+    return config_lib.load(None, {"data.name": data})
 
 
 def _stem(name: str) -> str:

@@ -85,9 +85,9 @@ class ModelConfig:
 @dataclass(frozen=True)
 class OptimConfig:
     name: Literal["auto", "sgd", "adamw"] = "auto"  # auto: sgd from scratch, adamw when fine-tuning
-    lr: float | Literal["auto"] | None = (
-        None  # None: 0.1 (sgd), 1e-3 (adamw); auto: an LR range test picks it
-    )
+    # None: the recipe's (sgd from scratch 0.1, or the model's own, e.g. tutorial-cnn 0.01; sgd fine-tuning
+    # 0.01; adamw 3e-3); auto: an LR range test picks it
+    lr: float | Literal["auto"] | None = None
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float | None = None  # None: 5e-4 (sgd), 0.01 (adamw)

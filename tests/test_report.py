@@ -13,7 +13,7 @@ import imgcls
 from imgcls import cli
 from imgcls.engine.calibrate import fit_temperature
 from imgcls.metrics import bootstrap_ci, calibration, evaluation_report, top_confusions
-from imgcls.report import render_html
+from imgcls.reporting import render_html
 
 SECTIONS = ("headline", "per-class", "confusion", "mistakes", "calibration", "curves")
 

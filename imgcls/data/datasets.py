@@ -12,61 +12,21 @@ import json
 import logging
 import os
 import shutil
+import unicodedata
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from imgcls.config import DataConfig
+from imgcls.data.types import DataBundle, DataError, Split
 from imgcls.registry import Registry, RegistryError
 
 log = logging.getLogger("imgcls")
 DATASETS = Registry("dataset")
 SYSTEM_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
-
-
-class DataError(ValueError):
-    """The data cannot be used as given; the message says why and what to do."""
-
-
-@dataclass
-class Split:
-    """One split: labels plus either uint8 `images` (N, C, H, W) or `paths` to decode."""
-
-    labels: torch.Tensor
-    images: torch.Tensor | None = None
-    paths: list[Path] | None = None
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def subset(self, index: torch.Tensor | np.ndarray) -> Split:
-        index = torch.as_tensor(index, dtype=torch.long)
-        images = self.images[index] if self.images is not None else None
-        paths = [self.paths[i] for i in index.tolist()] if self.paths is not None else None
-        return Split(self.labels[index], images, paths)
-
-
-@dataclass
-class DataBundle:
-    name: str
-    classes: list[str]
-    train: Split
-    val: Split | None = None
-    test: Split | None = None
-    channels: int | None = None  # known for in-memory data; None: decide from the files
-    image_size: int | None = None  # native square size, where the source has one
-    flip_ok: bool = True  # horizontal flips keep the label (not for digits)
-    single_tree: bool = False  # one class-folder tree or CSV without splits: test is carved too
-    skipped: list[tuple[str, str]] = field(default_factory=list)  # (file or row, reason)
-
-    def split(self, name: str) -> Split:
-        split = {"train": self.train, "val": self.val, "test": self.test}.get(name)
-        if split is None:
-            raise DataError(f"dataset {self.name!r} has no {name!r} split")
-        return split
 
 
 def open_dataset(cfg: DataConfig) -> DataBundle:
@@ -97,40 +57,91 @@ def open_dataset(cfg: DataConfig) -> DataBundle:
                 raise DataError(
                     f"data {name!r} is neither an existing folder/CSV nor a built-in: {e}"
                 ) from None
+    warn_confusable(bundle.classes)
     return carve_splits(bundle, cfg)
 
 
+def confusable_groups(names: list[str]) -> list[list[str]]:
+    """Class names a person or a case-insensitive filesystem could take for one another: equal once case,
+    surrounding and repeated white space, and Unicode form (NFKC: composed accents, full-width letters)
+    are set aside."""
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        key = " ".join(unicodedata.normalize("NFKC", name).casefold().split())
+        groups.setdefault(key, []).append(name)
+    return [group for group in groups.values() if len(group) > 1]
+
+
+def warn_confusable(names: list[str]) -> None:
+    for group in confusable_groups(names):
+        log.warning("classes %s differ only by case, white space or Unicode form: they are kept apart, "
+                    "but may be meant as one (rename or merge them)", " / ".join(map(ascii, group)))  # fmt: skip
+
+
 def carve_splits(bundle: DataBundle, cfg: DataConfig) -> DataBundle:
-    """Adds a stratified, seeded val split (and test, for single trees) where the source has none."""
+    """Adds a stratified, seeded val split (and test, for single trees) where the source has none.
+
+    For the user's files, identical and near-identical images are carved as one group (they land in the
+    same split), so imgcls never makes the train/test leak its own check would then refuse.
+    """
+    carve_test = bundle.test is None and cfg.test_split > 0 and bundle.single_tree
+    carve_val = bundle.val is None and cfg.val_split > 0
+    groups = _duplicate_groups(bundle) if carve_test or carve_val else None
     val_fraction = cfg.val_split
-    if bundle.test is None and cfg.test_split > 0 and bundle.single_tree:
-        keep, take = stratified_split(bundle.train.labels, cfg.test_split, seed=1)
+    if carve_test:
+        keep, take = stratified_split(bundle.train.labels, cfg.test_split, seed=1, groups=groups)
         bundle = replace(bundle, train=bundle.train.subset(keep), test=bundle.train.subset(take))
+        groups = groups[keep] if groups is not None else None
         val_fraction = cfg.val_split / (1 - cfg.test_split)  # both fractions are of the whole tree
-    if bundle.val is None and cfg.val_split > 0:
-        keep, take = stratified_split(bundle.train.labels, val_fraction, seed=0)
+    if carve_val:
+        keep, take = stratified_split(bundle.train.labels, val_fraction, seed=0, groups=groups)
         bundle = replace(bundle, train=bundle.train.subset(keep), val=bundle.train.subset(take))
     if len(bundle.train) == 0:
         raise DataError(f"dataset {bundle.name!r} has no training images")
     return bundle
 
 
-def stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Takes `fraction` of each class (rounded, at least 1 where a class has 2+) into the second index."""
+def _duplicate_groups(bundle: DataBundle) -> np.ndarray | None:
+    """Duplicate groups of a file dataset's training images (built-ins are curated: None)."""
+    if bundle.train.paths is None or bundle.train.images is not None or len(bundle.train) < 2:
+        return None
+    from imgcls.data.doctor import duplicate_groups
+
+    groups, shared = duplicate_groups(bundle.train)
+    if shared:
+        log.info("carving splits: %d group(s) of identical or near-identical images kept together", shared)
+    return groups
+
+
+def stratified_split(
+    labels: torch.Tensor, fraction: float, seed: int, groups: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Takes `fraction` of each class (rounded, at least 1 where a class has 2+) into the second index.
+
+    With `groups` (an id per image), a group is taken or kept whole; it counts for the class of its
+    first image. Without, every image is its own group.
+    """
     rng = np.random.default_rng(seed)
     labels_np = labels.numpy()
-    keep, take = [], []
+    groups = np.arange(len(labels_np)) if groups is None else np.asarray(groups)
+    _, first = np.unique(groups, return_index=True)
+    first = np.sort(first)  # each group's first image, in index order
+    sizes = dict(zip(*np.unique(groups, return_counts=True)))
+    taken_groups = []
     for cls in np.unique(labels_np):
-        idx = np.flatnonzero(labels_np == cls)
-        rng.shuffle(idx)
-        n_take = int(round(len(idx) * fraction))
-        if len(idx) >= 2:
-            n_take = min(max(n_take, 1), len(idx) - 1)
-        else:
-            n_take = 0
-        take.append(idx[:n_take])
-        keep.append(idx[n_take:])
-    return np.sort(np.concatenate(keep)), np.sort(np.concatenate(take))
+        cls_groups = groups[first[labels_np[first] == cls]]
+        rng.shuffle(cls_groups)
+        total = sum(sizes[g] for g in cls_groups)
+        n_take = int(round(total * fraction))
+        n_take = min(max(n_take, 1), total - 1) if total >= 2 else 0
+        taken = 0
+        for g in cls_groups:
+            if taken >= n_take:
+                break
+            taken_groups.append(g)
+            taken += sizes[g]
+    take = np.isin(groups, np.asarray(taken_groups, dtype=groups.dtype))
+    return np.flatnonzero(~take), np.flatnonzero(take)
 
 
 def data_root() -> Path:

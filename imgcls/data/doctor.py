@@ -24,8 +24,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
-from imgcls.data.datasets import DataBundle
 from imgcls.data.decode import MAX_PIXELS, ImageDecodeError, open_image
+from imgcls.data.folder import UNUSABLE_PATH
+from imgcls.data.types import DataBundle, Split
 
 SPLITS = ("train", "val", "test")
 TINY_SIDE = 16  # pixels: smaller images hold little to learn from
@@ -95,7 +96,11 @@ def check(bundle: DataBundle, *, near: bool = True) -> DataReport:
     not_images = [f"{where}: {why}" for where, why in bundle.skipped if "not an image" in why]
     if not_images:
         findings.append(_finding("error", "not-image", ERROR_MESSAGES["not-image"], not_images))
-    bad_rows = [f"{where}: {why}" for where, why in bundle.skipped if "not an image" not in why]
+    unusable = [f"{where}: {why}" for where, why in bundle.skipped if why.startswith(UNUSABLE_PATH)]
+    if unusable:
+        findings.append(_finding("warning", "unusable-path", "paths that are no readable file (skipped)", unusable))
+    bad_rows = [f"{where}: {why}" for where, why in bundle.skipped
+                if "not an image" not in why and not why.startswith(UNUSABLE_PATH)]  # fmt: skip
     if bad_rows:
         findings.append(
             _finding("error", "unusable-entry", "manifest rows that name no usable image", bad_rows)
@@ -131,6 +136,37 @@ def leakage(bundle: DataBundle) -> list[Finding]:
             _Image(name, str(p), byte_hash=_byte_hash(p)) for name, s in splits.items() for p in s.paths or []
         ]
     return [f for f in _duplicate_findings(images, near=False) if f.severity == "error"]
+
+
+def duplicate_groups(split: Split) -> tuple[np.ndarray, int]:
+    """A group id per image: identical and near-identical images (as `check` defines them) share one.
+
+    Returns the ids (each group's smallest index) and the number of groups with more than one image.
+    Splits carved along these groups never put two copies of one picture on both sides.
+    """
+    images = _tensor_images({"train": split}) if split.images is not None else _file_images({"train": split})
+    parent = np.arange(len(images))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    def join(a: int, b: int) -> None:
+        ra, rb = root(a), root(b)
+        parent[max(ra, rb)] = min(ra, rb)
+
+    index = {id(img): i for i, img in enumerate(images)}
+    by_key: dict[str, int] = {}
+    for i, img in enumerate(images):
+        for key in {img.byte_hash, img.pixel_hash, img.path if split.images is None else ""} - {""}:
+            join(by_key.setdefault(key, i), i)
+    for a, b in _near_pairs(images).values():
+        join(index[id(a)], index[id(b)])
+    groups = np.array([root(i) for i in range(len(images))], dtype=np.int64)
+    shared = int((np.bincount(groups, minlength=len(groups)) > 1).sum())
+    return groups, shared
 
 
 # -- reading -----------------------------------------------------------------------------------------

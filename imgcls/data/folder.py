@@ -2,24 +2,21 @@
 
 from __future__ import annotations
 
-import csv
 import logging
+import os
+import stat
 from pathlib import Path
 
 import torch
 
 from imgcls.config import DataConfig
-from imgcls.data.datasets import DataBundle, DataError, Split
 from imgcls.data.decode import IMAGE_EXTENSIONS
+from imgcls.data.manifest import SPLIT_NAMES, Row, read_manifest
+from imgcls.data.types import DataBundle, DataError, Split
 
 log = logging.getLogger("imgcls")
-SPLIT_DIRS = {
-    "train": ("train", "training"),
-    "val": ("val", "valid", "validation"),
-    "test": ("test", "testing"),
-}
-PATH_COLUMNS = ("path", "file", "filename", "image", "filepath")
-LABEL_COLUMNS = ("label", "class", "target", "category")
+# How a skipped path that is no readable file is described (the data check counts these as warnings).
+UNUSABLE_PATH = ("broken symbolic link", "vanished", "cannot read", "not a regular file", "cannot list", "folder already")
 
 
 def from_folder(root: Path, cfg: DataConfig) -> DataBundle:
@@ -30,7 +27,7 @@ def from_folder(root: Path, cfg: DataConfig) -> DataBundle:
     """
     subdirs = {p.name.lower(): p for p in _visible_dirs(root)}
     split_dirs = {
-        s: next((subdirs[n] for n in names if n in subdirs), None) for s, names in SPLIT_DIRS.items()
+        s: next((subdirs[n] for n in names if n in subdirs), None) for s, names in SPLIT_NAMES.items()
     }
     skipped: list[tuple[str, str]] = []
     if split_dirs["train"] is None:
@@ -50,92 +47,29 @@ def from_folder(root: Path, cfg: DataConfig) -> DataBundle:
 
 
 def from_csv(path: Path, cfg: DataConfig) -> DataBundle:
-    """A manifest of `path,label[,split]` rows; paths are relative to the CSV's folder and may not leave it."""
-    base = path.resolve().parent
-    rows, skipped = _read_manifest(path, base, cfg.strict)
+    """A manifest of `path,label[,split]` rows (see `imgcls.data.manifest`)."""
+    rows, skipped = read_manifest(path, need_label=True, strict=cfg.strict)
     if not rows:
         raise DataError(f"{path}: no usable rows (expected lines of path,label)")
-    by_split: dict[str, list[tuple[Path, str]]] = {"train": [], "val": [], "test": []}
-    for file, label, split in rows:
-        by_split[split].append((file, label))
+    by_split: dict[str, list[Row]] = {"train": [], "val": [], "test": []}
+    for row in rows:
+        by_split[row.split].append(row)
     if not by_split["train"]:
         raise DataError(f"{path}: no rows for the train split")
-    classes = _sorted_labels({label for _, label in by_split["train"]})
+    classes = _sorted_labels({row.label for row in by_split["train"]})
     index = {c: i for i, c in enumerate(classes)}
     splits: dict[str, Split] = {}
     for split, items in by_split.items():
         if not items:
             continue
-        unknown = sorted({label for _, label in items} - index.keys())
+        unknown = sorted({row.label for row in items} - index.keys())
         if unknown:
             raise DataError(f"{path}: {split} rows use labels the train rows lack: {', '.join(unknown[:10])}")
-        labels = torch.tensor([index[label] for _, label in items], dtype=torch.long)
-        splits[split] = Split(labels, paths=[f for f, _ in items])
+        labels = torch.tensor([index[row.label] for row in items], dtype=torch.long)
+        splits[split] = Split(labels, paths=[row.path for row in items])
     single = "val" not in splits and "test" not in splits
-    return DataBundle(
-        str(path),
-        classes,
-        splits["train"],
-        splits.get("val"),
-        splits.get("test"),
-        skipped=skipped,
-        single_tree=single,
-    )
-
-
-def _read_manifest(
-    path: Path, base: Path, strict: bool
-) -> tuple[list[tuple[Path, str, str]], list[tuple[str, str]]]:
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            lines = list(csv.reader(f))
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise DataError(f"cannot read CSV manifest {path}: {e}") from None
-    cols = (0, 1, 2)
-    start = 0
-    if lines and _looks_like_header(lines[0]):
-        header = [h.strip().lower() for h in lines[0]]
-        cols = (
-            next(i for i, h in enumerate(header) if h in PATH_COLUMNS),
-            next(i for i, h in enumerate(header) if h in LABEL_COLUMNS),
-            header.index("split") if "split" in header else -1,
-        )
-        start = 1
-    rows, skipped = [], []
-    for lineno, line in enumerate(lines[start:], start=start + 1):
-        if not line or all(not c.strip() for c in line):
-            continue
-        try:
-            rows.append(_parse_row(line, cols, base))
-        except DataError as e:
-            if strict:
-                raise DataError(f"{path}:{lineno}: {e}") from None
-            skipped.append((f"{path}:{lineno}", str(e)))
-    return rows, skipped
-
-
-def _looks_like_header(row: list[str]) -> bool:
-    names = {c.strip().lower() for c in row}
-    return bool(names & set(PATH_COLUMNS)) and bool(names & set(LABEL_COLUMNS))
-
-
-def _parse_row(line: list[str], cols: tuple[int, int, int], base: Path) -> tuple[Path, str, str]:
-    path_col, label_col, split_col = cols
-    if len(line) <= max(path_col, label_col):
-        raise DataError(f"expected path,label but got {len(line)} column(s)")
-    rel, label = line[path_col].strip(), line[label_col].strip()
-    if not rel or not label:
-        raise DataError("empty path or label")
-    split = line[split_col].strip().lower() if 0 <= split_col < len(line) else "train"
-    split = next((s for s, names in SPLIT_DIRS.items() if split in names), None) or ""
-    if not split:
-        raise DataError(f"unknown split {line[split_col].strip()!r} (use train, val or test)")
-    file = (base / rel).resolve()
-    if not file.is_relative_to(base):
-        raise DataError(f"path {rel!r} escapes the manifest's folder {base}; refused")
-    if not file.is_file():
-        raise DataError(f"file not found: {rel}")
-    return file, label, split
+    return DataBundle(str(path), classes, splits["train"], splits.get("val"), splits.get("test"),
+                      skipped=skipped, single_tree=single)  # fmt: skip
 
 
 def _sorted_labels(labels: set[str]) -> list[str]:
@@ -166,13 +100,15 @@ def _scan(root: Path, classes: list[str], skipped: list[tuple[str, str]]) -> Spl
     index = {c: i for i, c in enumerate(classes)}
     paths, labels = [], []
     for class_dir in _visible_dirs(root):
-        files = sorted(p for p in class_dir.rglob("*") if p.is_file() and not p.name.startswith("."))
+        found: list[tuple[str, str]] = []
+        files = list_files(class_dir, found)
         if class_dir.name not in index:
             if any(p.suffix.lower() in IMAGE_EXTENSIONS for p in files):
                 raise DataError(
                     f"{class_dir} is a class the training split lacks; known classes: {', '.join(classes)}"
                 )
             continue
+        skipped += found
         for p in files:
             if p.suffix.lower() not in IMAGE_EXTENSIONS:
                 skipped.append((str(p), "not an image file (extension)"))
@@ -180,6 +116,51 @@ def _scan(root: Path, classes: list[str], skipped: list[tuple[str, str]]) -> Spl
             paths.append(p)
             labels.append(index[class_dir.name])
     return Split(torch.tensor(labels, dtype=torch.long), paths=paths)
+
+
+def list_files(folder: Path, skipped: list[tuple[str, str]]) -> list[Path]:
+    """Every regular file under `folder` (hidden ones aside), sorted, following symlinked folders once.
+
+    What cannot be a file to read is named in `skipped`: broken links, link loops, fifos, sockets and
+    devices, folders that cannot be listed.
+    """
+    files, seen = [], set()
+
+    def walk_error(e: OSError) -> None:
+        skipped.append((str(e.filename), f"cannot list folder ({e.strerror or e})"))
+
+    for top, dirs, names in os.walk(folder, followlinks=True, onerror=walk_error):
+        real = os.path.realpath(top)
+        if real in seen:  # a symlink loop, or a second link to a folder already read
+            skipped.append((top, "folder already read through another link (skipped)"))
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(names):
+            if name.startswith("."):
+                continue
+            path = Path(top) / name
+            why = _unusable(path)
+            if why:
+                skipped.append((str(path), why))
+            else:
+                files.append(path)
+    return sorted(files)
+
+
+def _unusable(path: Path) -> str | None:
+    """Why `path` is not a regular file that can be read, or None."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return "broken symbolic link" if path.is_symlink() else "vanished while listing"
+    except OSError as e:
+        return f"cannot read ({e.strerror or e})"
+    if stat.S_ISREG(mode):
+        return None
+    kind = {stat.S_IFIFO: "a fifo", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a device", stat.S_IFBLK: "a device"}
+    return f"not a regular file ({kind.get(stat.S_IFMT(mode), 'special file')})"
 
 
 def _warn_empty_classes(bundle: DataBundle) -> None:

@@ -198,23 +198,27 @@ class MemoryLoader:
             yield x, y
 
 
+CACHE_VERSION = 2  # bump when decoding or squaring changes what a file decodes to
+
+
 def decode_files_cached(
     paths: list[Path], size: int, channels: int, cache_dir: Path | None
 ) -> tuple[torch.Tensor, torch.Tensor, list[tuple[str, str]]]:
     """`decode_files`, remembered on disk: a second run over unchanged files skips decoding.
 
-    The cache key covers every path with its size and modification time, and the target size and
-    channels, so a changed, added or removed file decodes afresh.
+    The cache key covers every path with its inode, size, modification and change times, and the target
+    size and channels, so a changed, added or removed file decodes afresh. The change time (ctime) matters:
+    an edit can keep size and mtime (`cp -p`, `touch -r`), but no user call sets the ctime back.
     """
     if cache_dir is None or not paths:
         return decode_files(paths, size, channels)
-    key = hashlib.sha256(f"{size}:{channels}\n".encode())
+    key = hashlib.sha256(f"{CACHE_VERSION}:{size}:{channels}\n".encode())
     for p in paths:
         try:
             st = p.stat()
-            key.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            key.update(os.fsencode(p) + f"\0{st.st_ino}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}\n".encode())
         except OSError:
-            key.update(f"{p}\0missing\n".encode())
+            key.update(os.fsencode(p) + b"\0missing\n")
     path = cache_dir / f"{key.hexdigest()[:32]}.safetensors"
     if path.is_file():
         try:

@@ -7,9 +7,11 @@ imported on first use: the in-memory path never needs it, and it costs ~2 s of s
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 
 def crop_padding(size: int) -> int:
@@ -17,11 +19,42 @@ def crop_padding(size: int) -> int:
     return max(1, round(size / 14))
 
 
-def to_square(size: int) -> Any:
-    """PIL image -> uint8 tensor (C, size, size): shorter side to `size`, then a center crop."""
-    from torchvision.transforms import v2
+def resize_crop(images: torch.Tensor, size: int) -> torch.Tensor:
+    """(N, C, H, W) pixel values in [0, 255] -> (N, C, size, size) float pixel values, rounded.
 
-    return v2.Compose([v2.PILToTensor(), v2.Resize(size, antialias=True), v2.CenterCrop(size)])
+    The shorter side is resized to `size` with antialiasing (the longer side to floor(size * long / short),
+    as torchvision's Resize(size)), the result is rounded to whole pixel values, then the centre square
+    is cut (offset floor((side - size) / 2)). Written with shape arithmetic alone, so the same function
+    traces into an ONNX/TorchScript graph with dynamic H and W: exported models preprocess exactly as
+    `imgcls predict` does.
+    """
+    height, width = images.shape[-2], images.shape[-1]
+    # sym_min keeps torch.export from specializing on which side is shorter; TorchScript has min.
+    short = min(height, width) if torch.jit.is_scripting() else torch.sym_min(height, width)
+    new_h, new_w = size * height // short, size * width // short
+    x = F.interpolate(images.float(), size=(new_h, new_w), mode="bilinear", align_corners=False, antialias=True)
+    x = x.round().clamp(0, 255)
+    top, left = (new_h - size) // 2, (new_w - size) // 2
+    return x.narrow(2, top, size).narrow(3, left, size)  # narrow: the output size stays known when traced
+
+
+def to_square(size: int) -> Callable[[Any], torch.Tensor]:
+    """PIL image (or uint8 C, H, W tensor) -> uint8 tensor (C, size, size) by `resize_crop`."""
+
+    def square(image: Any) -> torch.Tensor:
+        x = image if isinstance(image, torch.Tensor) else pil_to_tensor(image)
+        return resize_crop(x.unsqueeze(0), size)[0].to(torch.uint8)
+
+    return square
+
+
+def pil_to_tensor(image: Any) -> torch.Tensor:
+    """An 'L' or 'RGB' PIL image -> uint8 tensor (C, H, W), without importing torchvision."""
+    import numpy as np
+
+    array = np.asarray(image, dtype=np.uint8)
+    array = array[:, :, None] if array.ndim == 2 else array
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
 
 
 def train_augment(size: int, flip: bool, cutout: int = 0, crop: bool = True) -> Any:

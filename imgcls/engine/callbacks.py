@@ -137,7 +137,7 @@ class ProgressLogger:
         self.start = self.last = time.perf_counter()
         if self.progress:
             self.task = self.progress.add_task(
-                "", total=num_steps, epoch=f"{epoch + 1}/{self.epochs}", stats=""
+                "", total=num_steps, epoch=f"{epoch + 1}{self.of}", stats=""
             )
 
     def on_step_end(self, loss_sum, correct, seen: int) -> None:
@@ -161,5 +161,10 @@ class ProgressLogger:
         log.info("  ".join(parts))
 
     def on_fit_end(self) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Ends the live display (also after an interrupt); what it held back is printed then."""
         if self.progress:
             self.progress.stop()
+            self.progress = None

@@ -36,12 +36,14 @@ def build_optimizer(model: Classifier, cfg: OptimConfig, finetune: bool = False)
     return torch.optim.AdamW(groups, lr=cfg.lr, foreach=True)
 
 
-def resolve_optim(cfg: OptimConfig, finetune: bool) -> OptimConfig:
+def resolve_optim(cfg: OptimConfig, finetune: bool, scratch_lr: float | None = None) -> OptimConfig:
     """Fills in `auto`/unset settings: fine-tuning uses AdamW at 3e-3 for the new head (the backbone's
     layer groups get 0.1x up to ~0.6x of it) with weight decay 0.01; from scratch SGD (nesterov) at 0.1
-    with weight decay 5e-4. AdamW at 1e-3 left the new head under-trained in bench/finetune_demo.py."""
+    (or the model's own `scratch_lr`) with weight decay 5e-4. AdamW at 1e-3 left the new head
+    under-trained in bench/finetune_demo.py."""
     name = cfg.name if cfg.name != "auto" else ("adamw" if finetune else "sgd")
-    lr = cfg.lr if cfg.lr is not None else (3e-3 if name == "adamw" else 0.01 if finetune else 0.1)
+    sgd_lr = 0.01 if finetune else (scratch_lr or 0.1)
+    lr = cfg.lr if cfg.lr is not None else (3e-3 if name == "adamw" else sgd_lr)
     weight_decay = cfg.weight_decay if cfg.weight_decay is not None else (0.01 if name == "adamw" else 5e-4)
     return dataclasses.replace(cfg, name=name, lr=lr, weight_decay=weight_decay)
 

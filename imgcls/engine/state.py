@@ -7,7 +7,6 @@ a temporary file and is renamed into place, so a crash never leaves a half-writt
 
 from __future__ import annotations
 
-import json
 import math
 import random
 from dataclasses import dataclass, field
@@ -16,23 +15,25 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from torch.optim.swa_utils import AveragedModel
 
 from imgcls.engine.optim import ProgressSchedule
-from imgcls.models import Classifier, ModelMeta
+from imgcls.models import Classifier
+from imgcls.models.checkpoint import (
+    META_FILE,
+    WEIGHTS_FILE,
+    CheckpointError,
+    load_weights,
+    read_meta,
+    save_weights,
+)
 from imgcls.utils import dist
 from imgcls.utils.env import git_sha, versions
-from imgcls.utils.io import atomic_write, write_json
+from imgcls.utils.io import atomic_write
 
 STATE_FILE = "state.pt"
-WEIGHTS_FILE = "model.safetensors"
-META_FILE = "model.json"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint is missing, corrupt, or does not fit the model; the message says which."""
+__all__ = ["META_FILE", "STATE_FILE", "WEIGHTS_FILE", "CheckpointError", "TrainState", "load_weights", "read_meta",
+           "read_state", "rng_states", "save_weights", "set_rng_states"]  # fmt: skip
 
 
 @dataclass
@@ -164,53 +165,3 @@ def read_state(path: str | Path) -> dict[str, Any]:
     if not isinstance(ckpt, dict) or not {"model", "optimizer", "epoch", "meta"} <= ckpt.keys():
         raise CheckpointError(f"{path} is not an imgcls training state")
     return ckpt
-
-
-def save_weights(model: Classifier, run_dir: str | Path, extra: dict[str, Any] | None = None) -> None:
-    """model.safetensors + model.json: enough to rebuild and use the model with no training config."""
-    run_dir = Path(run_dir)
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    atomic_write(run_dir / WEIGHTS_FILE, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
-    write_json(run_dir / META_FILE, {**model.meta.to_dict(), **(extra or {})})
-
-
-def read_meta(run_dir: str | Path) -> ModelMeta:
-    path = Path(run_dir) / META_FILE
-    try:
-        return ModelMeta.from_dict(json.loads(path.read_text()))
-    except FileNotFoundError:
-        raise CheckpointError(f"{run_dir} is not an imgcls run folder (no {META_FILE})") from None
-    except (json.JSONDecodeError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{path} is corrupt: {e}") from None
-
-
-def load_weights(model: Classifier, path: str | Path) -> None:
-    """Loads safetensors weights into `model`; a mismatch names the first differing tensors."""
-    try:
-        tensors = load_file(str(path))
-    except FileNotFoundError:
-        raise CheckpointError(f"no weights at {path}") from None
-    except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"{path} is not a readable safetensors file: {e}") from None
-    own = model.state_dict()
-    missing = [k for k in own if k not in tensors]
-    unexpected = [k for k in tensors if k not in own]
-    wrong = [
-        f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}"
-        for k, v in tensors.items()
-        if k in own and own[k].shape != v.shape
-    ]
-    if missing or unexpected or wrong:
-        raise CheckpointError(
-            f"{path} does not fit {model.meta.name or 'this model'}: "
-            + "; ".join(
-                f"{what}: {', '.join(keys[:3])}"
-                for what, keys in (
-                    ("missing", missing),
-                    ("unexpected", unexpected),
-                    ("shape mismatch", wrong),
-                )
-                if keys
-            )
-        )
-    model.load_state_dict(tensors)

@@ -24,6 +24,8 @@ from imgcls.utils import dist
 from imgcls.utils.env import autocast_dtype
 
 log = logging.getLogger("imgcls")
+FINITE_CHECK_STEPS = 50  # steps between checks for a non-finite loss (each check syncs the device)
+EXPLODING = 10.0  # an epoch's training loss this many times chance level (ln C) is called exploded
 
 
 @dataclass(frozen=True)
@@ -101,6 +103,8 @@ def fit(
     )
     forward = torch.compile(forward) if cfg.train.compile else forward
     saved = _Saver(cfg, state, run_dir)
+    skip_each = cfg.train.skip_nonfinite and not state.scaler.is_enabled()
+    watch = _FiniteWatch(device, enabled=not skip_each and not state.scaler.is_enabled())
     call(callbacks, "on_fit_start", state=state, epochs=None if plan.timed else plan.epochs,
          progress=_progress(plan, state.step, state.train_seconds))  # fmt: skip
 
@@ -125,9 +129,12 @@ def fit(
             loss = criterion(logits.float(), y)
             state.step += 1
             state.batch_in_epoch += 1
-            if not state.scaler.is_enabled() and not _finite(loss):  # fp16: the grad scaler skips such steps
+            # fp16: the grad scaler skips non-finite steps itself. Skipping needs a check before each step
+            # (a device sync); otherwise the watch reads a device-side flag every few steps.
+            if skip_each and not _finite(loss):
                 _nonfinite(cfg, state, epoch, loss, saved)
                 continue
+            watch.add(loss)
             state.optimizer.zero_grad(set_to_none=True)
             state.scaler.scale(loss).backward()
             if cfg.train.grad_clip > 0:
@@ -147,11 +154,15 @@ def fit(
                 seen=sums.seen,
                 progress=_progress(plan, state.step, base_seconds + time.perf_counter() - start),
             )
-            if cfg.train.checkpoint_every and state.step % cfg.train.checkpoint_every == 0:
+            checkpoint = cfg.train.checkpoint_every and state.step % cfg.train.checkpoint_every == 0
+            if checkpoint or state.step % FINITE_CHECK_STEPS == 0:
+                watch.check(state, epoch, saved)  # before any checkpoint: it never holds NaN-touched weights
+            if checkpoint:
                 state.train_seconds = base_seconds + time.perf_counter() - start
                 state.epoch_sums = sums.to_dict()
                 saved.save_state()
 
+        watch.check(state, epoch, saved)
         train_time = time.perf_counter() - start
         state.train_seconds = base_seconds + train_time
         state.epoch, state.batch_in_epoch, state.epoch_sums = epoch + 1, 0, {}
@@ -161,6 +172,7 @@ def fit(
             raise TrainingError(f"every step of epoch {state.epoch} had a non-finite loss; the model is broken. "
                                 "Lower optim.lr or set train.grad_clip")  # fmt: skip
         metrics["train_img_s"] = metrics.pop("seen") / max(train_time, 1e-9)
+        _warn_if_exploding(metrics["train_loss"], model.meta.num_classes, state.epoch, cfg)
         if val_loader is not None and (finished or not plan.timed):
             logits, labels = predict_split(
                 state.eval_model, val_loader, amp_dtype=amp_dtype, channels_last=cfg.train.channels_last
@@ -197,6 +209,42 @@ def _finite(loss: torch.Tensor) -> bool:
     return not bool(dist.all_reduce_max(bad)[0])
 
 
+class _FiniteWatch:
+    """Notices a non-finite loss without a device-to-host sync per step: a flag kept on the device is
+    read every FINITE_CHECK_STEPS steps, at each epoch's end and before every checkpoint. A NaN may touch
+    the weights for a few steps, but never a checkpoint: the last good one stays good."""
+
+    def __init__(self, device: torch.device, enabled: bool) -> None:
+        self.enabled = enabled
+        self.bad = torch.zeros(1, device=device)
+        self.checked_step: int | None = None
+
+    def add(self, loss: torch.Tensor) -> None:
+        if self.enabled:
+            self.bad = torch.maximum(self.bad, (~torch.isfinite(loss.detach())).float().reshape(1))
+
+    def check(self, state: TrainState, epoch: int, saved: _Saver) -> None:
+        if not self.enabled:
+            return
+        if not bool(dist.all_reduce_max(self.bad)[0]):  # every rank stops together
+            self.checked_step = state.step
+            return
+        since = f"after step {self.checked_step}" if self.checked_step is not None else "in its first steps"
+        raise TrainingError(
+            f"the loss became non-finite (NaN or inf) {since}, by step {state.step} (epoch {epoch + 1}); "
+            f"training stopped and {saved.kept()}. Try a lower optim.lr, train.grad_clip=1.0 or "
+            "train.amp=off, or skip such steps with train.skip_nonfinite=true"
+        )
+
+
+def _warn_if_exploding(train_loss: float, num_classes: int, epoch: int, cfg: Config) -> None:
+    """A loss far above chance level (ln C) means the learning rate is too high for this model."""
+    chance = math.log(max(2, num_classes))
+    if math.isfinite(train_loss) and train_loss > EXPLODING * chance:
+        log.warning("the training loss exploded: %.4g in epoch %d, where guessing at random scores %.2f; "
+                    "lower optim.lr (now %s) or set train.grad_clip=1.0", train_loss, epoch, chance, cfg.optim.lr)  # fmt: skip
+
+
 def _nonfinite(cfg: Config, state: TrainState, epoch: int, loss: torch.Tensor, saved: _Saver) -> None:
     """Skips the step (train.skip_nonfinite) or stops with the step's name; the last good checkpoint stays."""
     where = f"step {state.step} (epoch {epoch + 1}, batch {state.batch_in_epoch})"
@@ -206,13 +254,8 @@ def _nonfinite(cfg: Config, state: TrainState, epoch: int, loss: torch.Tensor, s
             "skipped %s: the loss is %s (%d step(s) skipped so far)", where, loss.item(), state.skipped_steps
         )
         return
-    kept = (
-        f"the last good checkpoint, {saved.state_path} (after step {saved.step}), is kept"
-        if saved.step is not None
-        else "no checkpoint was written yet"
-    )
     raise TrainingError(
-        f"the loss became {loss.item()} at {where}; training stopped and {kept}. Try a lower optim.lr, "
+        f"the loss became {loss.item()} at {where}; training stopped and {saved.kept()}. Try a lower optim.lr, "
         "train.grad_clip=1.0 or train.amp=off, or skip such steps with train.skip_nonfinite=true"
     )
 
@@ -250,6 +293,11 @@ class _Saver:
         self.cfg, self.state, self.run_dir = cfg, state, run_dir
         self.state_path = run_dir / STATE_FILE
         self.step: int | None = state.step if self.state_path.is_file() else None
+
+    def kept(self) -> str:
+        if self.step is None:
+            return "no checkpoint was written yet"
+        return f"the last good checkpoint, {self.state_path} (after step {self.step}), is kept"
 
     def save_state(self) -> None:
         rngs = dist.gather_objects(rng_states()) if dist.is_distributed() else None

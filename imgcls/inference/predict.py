@@ -17,10 +17,11 @@ from PIL import Image
 
 from imgcls.config import ConfigError
 from imgcls.data.decode import IMAGE_EXTENSIONS, ImageDecodeError, open_image, to_channels
+from imgcls.data.manifest import read_manifest
 from imgcls.data.memory import decode_files
-from imgcls.data.transforms import to_float, to_square
-from imgcls.engine.state import WEIGHTS_FILE, load_weights, read_meta
+from imgcls.data.transforms import pil_to_tensor, to_float, to_square
 from imgcls.models import Classifier, ModelMeta, build_model
+from imgcls.models.checkpoint import WEIGHTS_FILE, load_weights, read_meta
 from imgcls.utils.env import select_device
 
 log = logging.getLogger("imgcls")
@@ -92,8 +93,11 @@ class Predictor:
             images = list(images)
         out = []
         for chunk in _chunks(images, batch_size):
-            out += self._classify(torch.stack([self.preprocess(im) for im in chunk]), top_k)
+            out += self._classify_items(chunk, top_k)
         return out
+
+    def _classify_items(self, items: Sequence[ImageInput], top_k: int) -> list[dict[str, Any]]:
+        return self._classify(torch.stack([self.preprocess(im) for im in items]), top_k)
 
     @torch.inference_mode()
     def _classify(self, batch: torch.Tensor, top_k: int) -> list[dict[str, Any]]:
@@ -109,19 +113,6 @@ class Predictor:
             top = [{"label": self._name(i), "probability": round(v, 6)} for v, i in zip(vals, idxs)]
             out.append({"label": top[0]["label"], "probability": top[0]["probability"], "top_k": top})
         return out
-
-    def predict_files(
-        self, paths: Sequence[Path], top_k: int = 5
-    ) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
-        """Like `predict` for files, skipping unreadable ones; returns (predictions with "path", skipped)."""
-        good, skipped = [], []
-        for p in paths:
-            try:
-                good.append((p, self.preprocess(p)))
-            except ImageDecodeError as e:
-                skipped.append((str(p), e.reason))
-        preds = self.predict([t for _, t in good], top_k=top_k) if good else []
-        return [{"path": str(p), **pred} for (p, _), pred in zip(good, preds)], skipped
 
     def predict_stream(
         self, paths: Sequence[Path], top_k: int = 5, batch_size: int = 256, workers: int | None = None
@@ -166,6 +157,10 @@ class Predictor:
         return self.meta.classes[index] if index < len(self.meta.classes) else str(index)
 
     def _tensor_to_square(self, t: torch.Tensor) -> torch.Tensor:
+        return self.square(self._tensor_image(t))
+
+    def _tensor_image(self, t: torch.Tensor) -> torch.Tensor:
+        """An image tensor (C, H, W or H, W; uint8 or float in [0, 1]) -> uint8 (in_chans, H, W)."""
         if t.ndim == 2:
             t = t.unsqueeze(0)
         if t.ndim != 3 or t.shape[0] not in (1, 3, 4):
@@ -178,13 +173,14 @@ class Predictor:
         if t.shape[0] != self.meta.in_chans:
             mode = "L" if t.shape[0] == 1 else "RGB"
             pil = Image.fromarray(t.permute(1, 2, 0).squeeze(-1).numpy(), mode)
-            return self.square(to_channels(pil, self.meta.in_chans))
-        return self.square(t)
+            return pil_to_tensor(to_channels(pil, self.meta.in_chans))
+        return t
 
 
 class ArtifactPredictor(Predictor):
     """A Predictor over an exported artifact (`imgcls export`): the same inputs and outputs, but the model
-    runs in onnxruntime (or TorchScript) with its in-graph preprocessing; files are squared as by Predictor."""
+    runs in onnxruntime (or TorchScript) and gets each image as decoded, at its own size: the graph itself
+    resizes and crops, so this uses the artifact as any other client would."""
 
     def __init__(self, path: str | Path) -> None:
         from imgcls.inference.export import artifact_metadata, load_artifact
@@ -196,9 +192,38 @@ class ArtifactPredictor(Predictor):
         self.device = torch.device("cpu")
         self.square = to_square(self.meta.input_size)
 
+    def raw(self, item: ImageInput) -> torch.Tensor:
+        """One image as uint8 (C, H, W) at its own size, EXIF orientation applied."""
+        if isinstance(item, (str, Path)):
+            return pil_to_tensor(open_image(item, self.meta.in_chans))
+        if isinstance(item, Image.Image):
+            return pil_to_tensor(to_channels(item, self.meta.in_chans))
+        if isinstance(item, torch.Tensor):
+            return self._tensor_image(item)
+        raise TypeError(f"cannot predict on {type(item).__name__}; pass paths, PIL images or tensors")
+
+    def _classify_items(self, items: Sequence[ImageInput], top_k: int) -> list[dict[str, Any]]:
+        return [self._classify_raw(self.raw(item), top_k) for item in items]
+
+    def _classify_raw(self, image: torch.Tensor, top_k: int) -> dict[str, Any]:
+        x = image[None].permute(0, 2, 3, 1) if self.layout == "nhwc" else image[None]
+        return self._top_k(torch.from_numpy(self.run(x.contiguous().numpy())), top_k)[0]
+
     def _classify(self, batch: torch.Tensor, top_k: int) -> list[dict[str, Any]]:
-        x = batch.permute(0, 2, 3, 1) if self.layout == "nhwc" else batch
-        return self._top_k(torch.from_numpy(self.run(x.contiguous().numpy())), top_k)
+        return [self._classify_raw(image, top_k) for image in batch]
+
+    def predict_stream(
+        self, paths: Sequence[Path], top_k: int = 5, batch_size: int = 256, workers: int | None = None
+    ) -> Iterator[tuple[list[dict[str, Any]], list[tuple[str, str]]]]:
+        """One image at a time (each at its own size); yields (predictions with "path", skipped) per batch."""
+        for chunk in _chunks(paths, batch_size):
+            preds, skipped = [], []
+            for path in chunk:
+                try:
+                    preds.append({"path": str(path), **self._classify_raw(self.raw(path), top_k)})
+                except ImageDecodeError as e:
+                    skipped.append((str(path), e.reason))
+            yield preds, skipped
 
 
 def expand_paths(inputs: Iterable[str | Path]) -> tuple[list[Path], list[tuple[str, str]]]:
@@ -238,9 +263,9 @@ def inputs_with_labels(
     for item in inputs:
         path = Path(item)
         if path.is_file() and path.suffix.lower() == ".csv":
-            rows, bad = _manifest(path)
-            files += [p for p, _ in rows]
-            labels |= {p: label for p, label in rows if label}
+            rows, bad = read_manifest(path, need_label=False)
+            files += [row.path for row in rows]
+            labels |= {row.path: row.label for row in rows if row.label}
             missing += bad
             continue
         found, lost = expand_paths([item])
@@ -249,23 +274,6 @@ def inputs_with_labels(
         if path.is_dir() and found and all(f.parent.name in known for f in found):
             labels |= {f: f.parent.name for f in found}
     return files, labels, missing
-
-
-def _manifest(path: Path) -> tuple[list[tuple[Path, str]], list[tuple[str, str]]]:
-    """Rows `path[,label[,...]]` of a CSV (header optional); paths relative to the CSV's folder."""
-    rows, bad = [], []
-    with open(path, newline="") as f:
-        for lineno, row in enumerate(csv.reader(f), 1):
-            if not row or not row[0].strip():
-                continue
-            if lineno == 1 and row[0].strip().lower() in ("path", "file", "filename", "image", "filepath"):
-                continue
-            file = (path.parent / row[0].strip()).resolve()
-            if not file.is_file():
-                bad.append((f"{path}:{lineno}", f"no such file {row[0].strip()}"))
-                continue
-            rows.append((file, row[1].strip() if len(row) > 1 else ""))
-    return rows, bad
 
 
 class PredictionWriter:

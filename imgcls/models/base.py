@@ -179,7 +179,7 @@ def build_model(
     else:
         model = builder(pretrained=pretrained, **common, **arch)
     model.meta.name = name
-    model.meta.arch = dict(arch)
+    model.meta.arch = {**model.meta.arch, **arch}  # the builder's own records (e.g. a ViT's arch_size) too
     return model
 
 
@@ -188,6 +188,13 @@ def default_input_size(name: str) -> int:
     import imgcls.models  # noqa: F401
 
     return getattr(MODELS.get(name), "default_size", 224)
+
+
+def default_scratch_lr(name: str) -> float | None:
+    """The SGD learning rate a model trains well with from scratch, where it differs from the recipe's 0.1."""
+    import imgcls.models  # noqa: F401
+
+    return getattr(MODELS.get(name), "scratch_lr", None)
 
 
 def adapt_first_conv(module: nn.Module, in_chans: int) -> None:

@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from imgcls.models.base import Classifier, ModelError
+from imgcls.models.checkpoint import META_FILE, WEIGHTS_FILE, weights_problem
 
-WEIGHTS_FILE, META_FILE = "model.safetensors", "model.json"
 NUM_GROUPS = 4  # backbone layer groups for freezing and discriminative learning rates
 # Wrappers that training scripts put around a state dict: torchvision references ("model"), timm ("state_dict").
 CONTAINER_KEYS = ("state_dict_ema", "state_dict", "model_ema", "model")
@@ -52,6 +52,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # safetensors/pickle/zip errors: all mean "not usable weights"
+        if p.suffix == ".safetensors":
+            raise ModelError(f"{p} {weights_problem(p)}") from None
         raise ModelError(f"{p} is not a readable weights file ({type(e).__name__}: {str(e)[:200]})") from None
     for key in CONTAINER_KEYS:
         if isinstance(state, dict) and isinstance(state.get(key), dict):

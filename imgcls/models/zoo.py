@@ -55,16 +55,19 @@ def _torchvision_builder(arch: str, head_path: str, min_size: int) -> Callable[.
         drop_rate: float = 0.0,
         small_stem: bool = False,
         weights_file: str | None = None,
+        arch_size: int | None = None,
     ) -> Classifier:
         import torchvision
 
         loading = pretrained or weights_file is not None
+        recorded = arch_size  # a ViT's size, as recorded when it was built with weights
         arch_size, kwargs = max(input_size, min_size), {}
         if arch == "inception_v3":
             kwargs = {"aux_logits": False, "init_weights": not loading, "transform_input": False}
         if arch.startswith("vit"):
-            arch_size = 224 if loading else math.ceil(arch_size / 16) * 16  # patch grid must be whole
-            kwargs = {} if loading else {"image_size": arch_size}
+            # Pretrained position embeddings exist for 224 px only; else the patch grid must be whole.
+            arch_size = recorded or (224 if loading else math.ceil(arch_size / 16) * 16)
+            kwargs = {"image_size": arch_size}
         net = torchvision.models.get_model(arch, weights=None, **kwargs)
         num_features = net.get_submodule(head_path).in_features
         parent, _, attr = head_path.rpartition(".")
@@ -82,6 +85,8 @@ def _torchvision_builder(arch: str, head_path: str, min_size: int) -> Callable[.
             arch_size=arch_size,
             drop_rate=drop_rate,
         )
+        if arch.startswith("vit"):
+            model.meta.arch["arch_size"] = arch_size  # rebuilt at this size, whatever the weights were
         if loading:
             # Downloaded or local, the weights take one path: a state dict matched by name.
             model.meta.name = arch  # named in load errors

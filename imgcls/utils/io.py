@@ -12,14 +12,29 @@ from pathlib import Path
 from typing import Any
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# Read once: os.umask can only be read by setting it, which is not safe while other threads create files.
+UMASK = _umask()
+
+
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
-    """Calls `write(tmp_path)` then renames tmp over `path`; the old file survives any failure."""
+    """Calls `write(tmp_path)` then renames tmp over `path`; the old file survives any failure.
+
+    The file gets the mode any new file gets (0644 under umask 022), not mkstemp's private 0600, so a
+    teammate or a serving container running as another user can read the run.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~UMASK)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -92,3 +92,58 @@ def test_int8_export_reports_accuracy_and_speed(rgb_run: Path, capsys):
     run = load_artifact(rgb_run / "model.int8.onnx")
     assert run(np.zeros((2, 32, 32, 3), dtype=np.uint8)).shape == (2, 3)
     assert cli.main(["export", str(rgb_run), "--format", "torchscript", "--int8"]) == 2
+
+
+def test_photos_of_any_shape_agree_across_backends(rgb_run: Path, tmp_path: Path):
+    """210 photos (non-square, EXIF-rotated, RGBA, WebP, tiny, 4000x3000) through predict with every backend."""
+    from tests.conftest import CLASSES
+    from tests.photos import write_photos
+
+    write_photos(tmp_path / "photos", 210, CLASSES)
+    imgcls.api.export(rgb_run, "onnx", check_images=tmp_path / "photos")
+    imgcls.api.export(rgb_run, "torchscript")
+    rows = {}
+    for backend in ("torch", "onnx", "torchscript"):
+        out = tmp_path / f"{backend}.jsonl"
+        assert cli.main(["predict", str(rgb_run), str(tmp_path / "photos"), "--backend", backend, "--out", str(out)]) == 0
+        rows[backend] = {r["path"]: r for r in map(json.loads, out.read_text().splitlines())}
+    assert len(rows["torch"]) == 211
+    for backend in ("onnx", "torchscript"):
+        assert rows[backend].keys() == rows["torch"].keys()
+        same = sum(rows[backend][p]["label"] == r["label"] for p, r in rows["torch"].items())
+        assert same / len(rows["torch"]) >= 0.999, backend
+        diff = max(abs(a["probability"] - b["probability"])
+                   for p, a in rows["torch"].items() for b in rows[backend][p]["top_k"] if b["label"] == a["label"])  # fmt: skip
+        assert diff <= 1e-3, backend
+
+
+def test_a_plain_onnxruntime_client_agrees_with_predict(rgb_run: Path, tmp_path: Path):
+    """A client that is not imgcls: reads the export's metadata, decodes with PIL (EXIF applied), feeds raw pixels."""
+    import onnxruntime as ort
+    from PIL import Image, ImageOps
+
+    from tests.conftest import CLASSES
+    from tests.photos import write_photos
+
+    paths = write_photos(tmp_path / "photos", 60, CLASSES, seed=3)
+    imgcls.api.export(rgb_run, "onnx", out=tmp_path / "model.onnx")
+    session = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    meta = session.get_modelmeta().custom_metadata_map
+    classes, spec = json.loads(meta["classes"]), json.loads(meta["input"])
+    assert spec["layout"] == "NHWC" and spec["dtype"] == "uint8" and spec["channels"] == "RGB"
+    assert spec["exif_orientation"] == "apply before" and spec["transparency"] == "composite over white"
+    torch_preds = imgcls.load(rgb_run, device="cpu").predict(paths)
+    agree = 0
+    for path, pred in zip(paths, torch_preds):
+        with Image.open(path) as im:
+            im = ImageOps.exif_transpose(im)
+            rgb = im.convert("RGBA") if im.mode in ("RGBA", "LA", "P") else im.convert("RGB")
+            if rgb.mode == "RGBA":  # the export's contract: transparency over white, as imgcls decodes
+                white = Image.new("RGB", rgb.size, "white")
+                white.paste(rgb, mask=rgb.getchannel("A"))
+                rgb = white
+            pixels = np.asarray(rgb, dtype=np.uint8)[None]
+        probs = session.run(None, {session.get_inputs()[0].name: pixels})[0][0]
+        agree += classes[int(probs.argmax())] == pred["label"]
+        assert abs(float(probs.max()) - pred["probability"]) <= 1e-3
+    assert agree == len(paths)

@@ -1,0 +1,51 @@
+"""The shapes every data source produces: a `DataBundle` of train/val/test `Split`s, and `DataError`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+class DataError(ValueError):
+    """The data cannot be used as given; the message says why and what to do."""
+
+
+@dataclass
+class Split:
+    """One split: labels plus either uint8 `images` (N, C, H, W) or `paths` to decode."""
+
+    labels: torch.Tensor
+    images: torch.Tensor | None = None
+    paths: list[Path] | None = None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, index: torch.Tensor | np.ndarray) -> Split:
+        index = torch.as_tensor(index, dtype=torch.long)
+        images = self.images[index] if self.images is not None else None
+        paths = [self.paths[i] for i in index.tolist()] if self.paths is not None else None
+        return Split(self.labels[index], images, paths)
+
+
+@dataclass
+class DataBundle:
+    name: str
+    classes: list[str]
+    train: Split
+    val: Split | None = None
+    test: Split | None = None
+    channels: int | None = None  # known for in-memory data; None: decide from the files
+    image_size: int | None = None  # native square size, where the source has one
+    flip_ok: bool = True  # horizontal flips keep the label (not for digits)
+    single_tree: bool = False  # one class-folder tree or CSV without splits: test is carved too
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (file or row, reason)
+
+    def split(self, name: str) -> Split:
+        split = {"train": self.train, "val": self.val, "test": self.test}.get(name)
+        if split is None:
+            raise DataError(f"dataset {self.name!r} has no {name!r} split")
+        return split
