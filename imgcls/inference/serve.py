@@ -21,6 +21,7 @@ import torch
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from imgcls.data.decode import ImageDecodeError, open_image
@@ -164,8 +165,8 @@ def create_app(predictor: Predictor, cfg: ServeConfig | None = None) -> FastAPI:
     app.state.batcher = batcher
     app.add_middleware(BodyLimit, limit=cfg.max_body, timeout=cfg.read_timeout_s)
 
-    @app.exception_handler(HTTPException)
-    async def _json_error(request: Request, exc: HTTPException) -> JSONResponse:
+    @app.exception_handler(StarletteHTTPException)  # FastAPI's and Starlette's own (form limits)
+    async def _json_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return JSONResponse({"error": exc.detail}, status_code=exc.status_code)
 
     @app.get("/health")

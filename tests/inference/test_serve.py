@@ -6,6 +6,7 @@ import io
 import socket
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -71,7 +72,7 @@ def test_bad_requests_get_clear_4xx_and_the_server_keeps_serving(client):
             422,
         ),
         "too large": (
-            client.post("/predict", files={"files": ("big.png", b"\\0" * 300_000, "image/png")}),
+            client.post("/predict", files={"files": ("big.png", b"\0" * 300_000, "image/png")}),
             413,
         ),
         "wrong field": (client.post("/predict", files={"image": ("a.png", png(), "image/png")}), 422),
@@ -90,21 +91,19 @@ def test_bad_requests_get_clear_4xx_and_the_server_keeps_serving(client):
     assert client.post("/predict", files={"files": ("a.png", png(1), "image/png")}).status_code == 200
 
 
-def test_requests_arriving_together_share_a_batch(client):
-    before = client.get("/health").json()
-    threads = [
-        threading.Thread(
-            target=lambda: client.post("/predict", files={"files": ("a.png", png(), "image/png")})
-        )
-        for _ in range(8)
-    ]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    after = client.get("/health").json()
-    assert after["requests"] - before["requests"] == 8
-    assert after["batches"] - before["batches"] < 8  # at least two requests went through one forward pass
+def test_requests_arriving_together_share_a_batch(run_dir: Path):
+    # A window far longer than the requests take and a batch of 8: the 8 concurrent requests are one batch.
+    app = create_app(imgcls.load(run_dir, device="cpu"), ServeConfig(batch_window_ms=60_000, max_batch=8))
+    with TestClient(app) as c:
+        statuses = []
+        threads = [threading.Thread(target=lambda: statuses.append(
+            c.post("/predict", files={"files": ("a.png", png(), "image/png")}).status_code)) for _ in range(8)]  # fmt: skip
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        health = c.get("/health").json()
+    assert statuses == [200] * 8 and health["requests"] == 8 and health["batches"] == 1
 
 
 def _free_port() -> int:
@@ -113,43 +112,218 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_the_page_in_headless_chromium(run_dir: Path, tmp_path: Path):
+@contextmanager
+def live_server(app):
+    """The app under uvicorn on a free loopback port, for clients that speak raw HTTP."""
     import uvicorn
 
     port = _free_port()
-    app = create_app(imgcls.load(run_dir, device="cpu"))
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    browser = None
     try:
-        for _ in range(100):
+        for _ in range(400):
             if server.started:
                 break
-            time.sleep(0.05)
-        image = tmp_path / "square.png"
-        import numpy as np
-
-        make_image(2, np.random.default_rng(7)).save(image)
-        browser = chromium(tmp_path)
-        browser.get(f"http://127.0.0.1:{port}/")
-        browser.find_element("id", "file").send_keys(str(image))
-        for _ in range(100):
-            labels = browser.find_elements("id", "label")
-            if labels and labels[0].text:
-                break
-            time.sleep(0.05)
-        assert (
-            browser.find_element("id", "label").text
-            == imgcls.load(run_dir).predict(image)[0]["label"]
-            == "square"
-        )
-        assert len(browser.find_elements("class name", "bar")) == 3
-        shot = tmp_path / "page.png"
-        browser.get_screenshot_as_file(str(shot))
-        assert shot.stat().st_size > 5_000
+            time.sleep(0.025)
+        assert server.started, "the server did not start"
+        yield f"http://127.0.0.1:{port}", port
     finally:
-        if browser is not None:
-            browser.quit()
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def assert_serving(base: str) -> None:
+    """After a fault: /predict still answers correctly and /health reports the worker alive."""
+    import httpx
+
+    response = httpx.post(f"{base}/predict", files={"files": ("b.png", png(2), "image/png")}, timeout=30)
+    assert response.status_code == 200, response.text
+    assert response.json()["predictions"][0]["label"] == "square"
+    health = httpx.get(f"{base}/health", timeout=30)
+    assert health.status_code == 200 and health.json()["worker"] == "running"
+
+
+@pytest.fixture(scope="module")
+def server(run_dir: Path):
+    app = create_app(imgcls.load(run_dir, device="cpu"), ServeConfig(max_bytes=200_000, max_files=4, read_timeout_s=1.0))
+    with live_server(app) as (base, port):
+        yield app, base, port
+
+
+def _raw_request(port: int, head: bytes, body: bytes) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    sock.sendall(head + body)
+    return sock
+
+
+MULTIPART_HEAD = (b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=B\r\n")
+
+
+def test_a_client_that_disconnects_mid_upload(server):
+    _, base, port = server
+    sock = _raw_request(port, MULTIPART_HEAD + b"Content-Length: 100000\r\n\r\n",
+                        b'--B\r\nContent-Disposition: form-data; name="files"; filename="a.png"\r\n\r\n' + png()[:100])  # fmt: skip
+    sock.close()
+    assert_serving(base)
+
+
+def test_a_stalled_client_gets_408_and_others_are_served_meanwhile(server):
+    _, base, port = server
+    sock = _raw_request(port, MULTIPART_HEAD + b"Content-Length: 100000\r\n\r\n", b"--B\r\n")
+    assert_serving(base)  # while the stalled upload is open
+    reply = sock.recv(4096).decode()  # the server gives up after read_timeout_s (1 s)
+    sock.close()
+    assert reply.startswith("HTTP/1.1 408") and "no request data" in reply, reply
+    assert_serving(base)
+
+
+def test_a_chunked_upload_over_the_limit_is_413(server):
+    import httpx
+
+    _, base, _ = server
+
+    def chunks():  # no Content-Length: the body arrives in chunks, 2 MB in all (the limit is ~0.9 MB)
+        yield b'--B\r\nContent-Disposition: form-data; name="files"; filename="a.png"\r\nContent-Type: image/png\r\n\r\n'
+        for _ in range(32):
+            yield b"\0" * 65536
+
+    response = httpx.post(f"{base}/predict", content=chunks(), timeout=30,
+                          headers={"Content-Type": "multipart/form-data; boundary=B"})  # fmt: skip
+    assert response.status_code == 413 and "request body over" in response.json()["error"]
+    assert_serving(base)
+
+
+def test_more_files_than_allowed_is_a_clear_4xx(server):
+    import httpx
+
+    _, base, _ = server
+    files = [("files", (f"{i}.png", png(i % 3), "image/png")) for i in range(5)]  # max_files is 4
+    response = httpx.post(f"{base}/predict", files=files, timeout=30)
+    assert 400 <= response.status_code < 500 and "files" in response.json()["error"].lower(), response.text
+    assert_serving(base)
+
+
+def test_a_cancelled_request_and_a_failing_model_leave_the_worker_alive(run_dir: Path, monkeypatch):
+    import asyncio
+
+    import httpx
+
+    predictor = imgcls.load(run_dir, device="cpu")
+    app = create_app(predictor, ServeConfig(batch_window_ms=0))
+    real = predictor._classify
+    slow = threading.Event()
+
+    def classify(batch, top_k):
+        if slow.is_set():
+            time.sleep(0.5)  # long enough for the client below to give up while its job waits
+        return real(batch, top_k)
+
+    monkeypatch.setattr(predictor, "_classify", classify)
+
+    async def scenario():
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+                slow.set()
+                with pytest.raises(asyncio.TimeoutError):  # the request task is cancelled mid-wait
+                    await asyncio.wait_for(client.post("/predict", files={"files": ("a.png", png(), "image/png")}), 0.1)
+                await asyncio.sleep(0.8)  # the batch finishes for a waiter that is gone
+                slow.clear()
+                monkeypatch.setattr(predictor, "_classify", lambda batch, top_k: 1 / 0)
+                failed = await client.post("/predict", files={"files": ("a.png", png(), "image/png")})
+                monkeypatch.setattr(predictor, "_classify", real)
+                ok = await client.post("/predict", files={"files": ("b.png", png(2), "image/png")})
+                health = await client.get("/health")
+                return failed, ok, health
+
+    failed, ok, health = asyncio.run(scenario())
+    assert failed.status_code == 500 and "prediction failed: ZeroDivisionError" in failed.json()["error"]
+    assert ok.status_code == 200 and ok.json()["predictions"][0]["label"] == "square"
+    assert health.status_code == 200 and health.json()["worker"] == "running" and health.json()["failures"] == 1
+
+
+def test_health_reports_a_dead_worker(run_dir: Path):
+    app = create_app(imgcls.load(run_dir, device="cpu"))
+    with TestClient(app) as c:
+        assert c.get("/health").json()["worker"] == "running"
+        c.portal.call(app.state.batcher.stop)  # the worker is gone, as after a crash
+        health = c.get("/health")
+        refused = c.post("/predict", files={"files": ("a.png", png(), "image/png")})
+    assert health.status_code == 503 and health.json()["status"] == "failed"
+    assert refused.status_code == 503 and "not running" in refused.json()["error"]
+
+
+def test_decoding_runs_off_the_event_loop(client, monkeypatch):
+    from imgcls.inference import serve
+
+    threads = []
+    real = serve.open_image
+
+    def spy(data, channels):
+        threads.append(threading.current_thread())
+        return real(data, channels)
+
+    monkeypatch.setattr(serve, "open_image", spy)
+    assert client.post("/predict", files={"files": ("a.png", png(), "image/png")}).status_code == 200
+    loop_thread = client.portal.call(lambda: threading.current_thread())
+    assert threads and all(t is not loop_thread for t in threads)
+
+
+def test_loopback_load_with_good_and_bad_requests(server):
+    """A bounded load test (240 requests, 8 clients, loopback only): every request answered, none 5xx."""
+    import httpx
+
+    _, base, _ = server
+    kinds = [("good", ("a.png", png(0), "image/png")), ("not an image", ("x.png", b"hello", "image/png")),
+             ("text", ("n.txt", b"hi", "text/plain")), ("too large", ("big.png", b"\0" * 300_000, "image/png"))]  # fmt: skip
+    results: list[tuple[str, int]] = []
+
+    def worker(offset: int) -> None:
+        with httpx.Client(base_url=base, timeout=60) as c:
+            for i in range(30):
+                name, file = kinds[(offset + i) % len(kinds)]
+                results.append((name, c.post("/predict", files={"files": file}).status_code))
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert len(results) == 240  # none lost
+    assert not [r for r in results if r[1] >= 500]
+    assert {code for name, code in results if name == "good"} == {200}
+    assert_serving(base)
+
+
+def test_the_page_in_headless_chromium(run_dir: Path, tmp_path: Path):
+    import numpy as np
+
+    image = tmp_path / "square.png"
+    make_image(2, np.random.default_rng(7)).save(image)
+    browser = None
+    with live_server(create_app(imgcls.load(run_dir, device="cpu"))) as (base, _):
+        try:
+            browser = chromium(tmp_path)
+            browser.get(f"{base}/")
+            browser.find_element("id", "file").send_keys(str(image))
+            for _ in range(200):
+                labels = browser.find_elements("id", "label")
+                if labels and labels[0].text:
+                    break
+                time.sleep(0.05)
+            assert (
+                browser.find_element("id", "label").text
+                == imgcls.load(run_dir).predict(image)[0]["label"]
+                == "square"
+            )
+            assert len(browser.find_elements("class name", "bar")) == 3
+            shot = tmp_path / "page.png"
+            browser.get_screenshot_as_file(str(shot))
+            from PIL import Image as PILImage
+
+            with PILImage.open(shot) as page:  # a real rendering: the page's size, more than one colour
+                assert page.size[0] >= 300 and len(page.convert("RGB").getcolors(1 << 20) or []) > 2
+        finally:
+            if browser is not None:
+                browser.quit()
