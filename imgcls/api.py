@@ -88,7 +88,12 @@ class TrainResult:
 def make_config(
     config: str | Path | None = None, overrides: dict[str, Any] | None = None, **shorthands: Any
 ) -> Config:
-    """Defaults < YAML file < dotted overrides < shorthands (data=, model=, epochs=, batch_size=, lr=, out=)."""
+    """Defaults < YAML file < dotted overrides < shorthands (data=, model=, epochs=, batch_size=, lr=, out=).
+
+    Example:
+        >>> imgcls.make_config(data="digits", overrides={"train.epochs": 3}).train.epochs   # doctest: +SKIP
+        3
+    """
     unknown = set(shorthands) - SHORTHANDS.keys()
     if unknown:
         raise config_lib.ConfigError(
