@@ -2,11 +2,15 @@
 
 import csv
 import json
+import os
+import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from imgcls import cli
 from tests.conftest import CLASSES, RUN_FILES, make_image, write_class_tree
@@ -47,12 +51,46 @@ def test_console_script_and_module_entry_points():
         assert out.stdout.split() == ["resnet18", "resnet34", "resnet50"]
 
 
-@pytest.mark.parametrize("command", ["train", "eval", "predict", "models", "lr-find"])
+def commands(parser=None, prefix=()) -> list[tuple[tuple[str, ...], object]]:
+    """Every (sub)command of the CLI with its parser, found by walking argparse's subparsers."""
+    import argparse
+
+    parser = parser or cli.build_parser()
+    found = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                found.append(((*prefix, name), sub))
+                found += commands(sub, (*prefix, name))
+    return found
+
+
+@pytest.mark.parametrize("command", [c for c, _ in commands()], ids=" ".join)
 def test_every_command_has_help(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        cli.main([command, "--help"])
+        cli.main([*command, "--help"])
     assert exit_info.value.code == 0
-    assert "usage: imgcls " + command in capsys.readouterr().out
+    assert "usage: imgcls " + " ".join(command) in capsys.readouterr().out
+
+
+def test_repeated_set_flags_accumulate_for_every_command_that_takes_them():
+    taking = [c for c, sub in commands() if any("--set" in a.option_strings for a in sub._actions)]
+    assert {("train",), ("lr-find",), ("data", "check")} <= set(taking)
+    positional = {("data", "check"): ["DATA"]}
+    for command in taking:
+        argv = [*command, *positional.get(command, []), "--set", "a.b=1", "--set", "c.d=2", "e.f=3"]
+        assert cli.build_parser().parse_args(argv).set == ["a.b=1", "c.d=2", "e.f=3"], command
+
+
+def test_settings_given_by_repeated_set_reach_the_run(image_tree: Path, tmp_path: Path):
+    run = tmp_path / "run"
+    argv = ["train", "--data", str(image_tree), "--model", "tutorial-cnn", "--out", str(run), "--epochs", "1",
+            "--set", "train.deterministic=true", "--set", "train.checkpoint_every=2", "--set", "log.progress=false"]  # fmt: skip
+    assert cli.main(argv) == 0
+    import yaml
+
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["train"]["deterministic"] is True and config["train"]["checkpoint_every"] == 2
 
 
 def test_train_writes_a_complete_run_folder(folder_run):
@@ -139,7 +177,8 @@ def test_batch_prediction_writes_csv_and_jsonl_and_scores_labelled_inputs(folder
         (["train", "--data", "/no/such/dir"], "neither an existing folder"),
         (["train", "--model", "resnet81", "--data", "digits"], "Did you mean: resnet18"),
         (["train", "--set", "optim.lrr=0.1"], "Did you mean lr"),
-        (["train", "--set", "train.device=cuda", "--data", "digits"], "CUDA is not available"),
+        pytest.param(["train", "--set", "train.device=cuda", "--data", "digits"], "CUDA is not available",
+                     marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")),
         (["eval", "/no/such/run"], "not an imgcls run folder"),
         (["predict", "/no/such/run", "x.png"], "not an imgcls run folder"),
         (["train", "--resume", "/no/such/run"], "cannot resume"),
@@ -195,3 +234,61 @@ def test_lr_find_prints_a_suggestion_train_can_use(tmp_path: Path, capsys):
     with pytest.raises(SystemExit):
         cli.main(["train", "--lr", "fast"])
     assert "--lr takes a number or auto" in capsys.readouterr().err
+
+
+def test_a_non_empty_out_is_refused_unless_resumed_or_overwritten(folder_run, tmp_path: Path, capsys):
+    data, run = folder_run
+    argv = ["train", "--data", str(data), "--model", "tutorial-cnn", "--epochs", "1", "--set", "log.progress=false"]
+    assert cli.main([*argv, "--out", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert f"--out {run} is not empty" in err and "--resume" in err and "--overwrite" in err
+    assert len(err.strip().splitlines()) == 1
+
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy)
+    (copy / "model.onnx").write_bytes(b"stale")
+    assert cli.main([*argv, "--out", str(copy), "--overwrite"]) == 0
+    assert not (copy / "model.onnx").exists() and (copy / "model.safetensors").is_file()
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    assert cli.main([*argv, "--out", str(mine), "--overwrite"]) == 2
+    assert "not an imgcls run folder" in capsys.readouterr().err and (mine / "notes.txt").read_text() == "keep me"
+
+
+def test_an_out_that_cannot_be_created_is_one_error_line(tmp_path: Path, capsys):
+    (tmp_path / "file").write_text("x")
+    assert cli.main(["train", "--data", "digits", "--epochs", "1", "--out", str(tmp_path / "file" / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot create the run folder") and len(err.strip().splitlines()) == 1
+
+
+def test_run_files_honour_the_umask(image_tree: Path, tmp_path: Path):
+    old = os.umask(0o022)
+    try:
+        run = tmp_path / "run"
+        assert cli.main(["train", "--data", str(image_tree), "--model", "tutorial-cnn", "--epochs", "1",
+                         "--out", str(run), "--set", "log.progress=false"]) == 0  # fmt: skip
+    finally:
+        os.umask(old)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in run.iterdir() if p.is_file()}
+    assert {"model.safetensors", "model.json", "state.pt", "eval.json", "report.html"} <= modes.keys()
+    assert set(modes.values()) == {0o644}, modes
+
+
+def test_a_run_folder_without_its_config_is_a_clear_error_and_export_needs_no_data(folder_run, tmp_path: Path, capsys):
+    data, run = folder_run
+    copy = tmp_path / "copied"
+    shutil.copytree(run, copy)
+    (copy / "config.yaml").unlink()
+    assert cli.main(["eval", str(copy)]) == 2
+    assert "has no config.yaml" in capsys.readouterr().err  # never a silent fall-back to Fashion-MNIST
+    assert cli.main(["eval", str(copy), "--data", str(data), "--json"]) == 0  # told the data, it goes on
+    capsys.readouterr()
+
+    assert cli.main(["export", str(copy)]) == 0  # the data it was trained on is unknown here
+    out = capsys.readouterr()
+    assert "synthetic images only" in out.out and "--check-images" in out.err
+    assert cli.main(["export", str(copy), "--check-images", str(data / "circle")]) == 0
+    assert f"({data / 'circle'};" in capsys.readouterr().out
