@@ -421,7 +421,7 @@ def evaluate(
 def _store_meta(run_dir: Path, updates: dict[str, Any]) -> None:
     """Updates model.json in place (the weights are unchanged: temperature and TTA act in the forward)."""
     path = run_dir / META_FILE
-    write_json(path, {**json.loads(path.read_text()), **updates})
+    write_json(path, {**json.loads(path.read_text(encoding="utf-8")), **updates})
 
 
 def predict(
@@ -839,7 +839,7 @@ def report(run_dir: str | Path, split: str = "test") -> Path:
     suffix = "" if split == "test" else f"-{split}"
     path = run_dir / f"eval{suffix}.json"
     try:
-        result = json.loads(path.read_text())
+        result = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise DataError(f"{run_dir} has no {path.name}; run: imgcls eval {run_dir}") from None
     except json.JSONDecodeError as e:
@@ -859,7 +859,7 @@ def _history(run_dir: Path) -> list[dict[str, float]]:
     path = run_dir / "metrics.csv"
     if not path.is_file():
         return []
-    with open(path, newline="") as f:
+    with open(path, newline="", encoding="utf-8") as f:
         return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(f)]
 
 

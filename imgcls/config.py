@@ -203,7 +203,7 @@ def load(path: str | Path | None = None, overrides: dict[str, Any] | None = None
 def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     try:
-        values = yaml.safe_load(path.read_text()) or {}
+        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
     except yaml.YAMLError as e:
@@ -230,7 +230,7 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
 def save(cfg: Config, path: str | Path, launch: dict[str, Any] | None = None) -> None:
     """Writes the config as YAML; `launch` (world size, batch per rank...) is recorded under `launch:`."""
     values = cfg.to_dict() | ({LAUNCH_KEY: launch} if launch else {})
-    Path(path).write_text(yaml.safe_dump(values, sort_keys=False))
+    Path(path).write_text(yaml.safe_dump(values, sort_keys=False), encoding="utf-8")
 
 
 def parse_duration(text: str) -> float:

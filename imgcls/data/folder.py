@@ -86,8 +86,14 @@ def _visible_dirs(root: Path) -> list[Path]:
         raise DataError(f"cannot list {root}: {e.strerror or e}") from None
 
 
+def class_name(folder: Path) -> str:
+    """A class folder's name as text: its bytes read as UTF-8 whatever the locale's encoding (a C locale
+    would give surrogate escapes), bytes that are no UTF-8 shown as \\xNN escapes."""
+    return os.fsencode(folder.name).decode("utf-8", "backslashreplace")
+
+
 def _class_names(root: Path) -> list[str]:
-    classes = [p.name for p in _visible_dirs(root)]
+    classes = [class_name(p) for p in _visible_dirs(root)]
     if not classes:
         raise DataError(
             f"no class folders in {root}: expected {root}/<class>/<image> "
@@ -102,7 +108,7 @@ def _scan(root: Path, classes: list[str], skipped: list[tuple[str, str]]) -> Spl
     for class_dir in _visible_dirs(root):
         found: list[tuple[str, str]] = []
         files = list_files(class_dir, found)
-        if class_dir.name not in index:
+        if class_name(class_dir) not in index:
             if any(p.suffix.lower() in IMAGE_EXTENSIONS for p in files):
                 raise DataError(
                     f"{class_dir} is a class the training split lacks; known classes: {', '.join(classes)}"
@@ -114,7 +120,7 @@ def _scan(root: Path, classes: list[str], skipped: list[tuple[str, str]]) -> Spl
                 skipped.append((str(p), "not an image file (extension)"))
                 continue
             paths.append(p)
-            labels.append(index[class_dir.name])
+            labels.append(index[class_name(class_dir)])
     return Split(torch.tensor(labels, dtype=torch.long), paths=paths)
 
 

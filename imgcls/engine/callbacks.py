@@ -86,7 +86,7 @@ class CSVLogger:
     def on_eval_end(self, state) -> None:
         rows = state.history
         fields = list(dict.fromkeys(k for row in rows for k in row))
-        with open(self.path, "w", newline="") as f:
+        with open(self.path, "w", newline="", encoding="utf-8") as f:
             writer = csv.DictWriter(f, fieldnames=fields)
             writer.writeheader()
             writer.writerows(rows)

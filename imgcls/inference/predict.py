@@ -17,6 +17,7 @@ from PIL import Image
 
 from imgcls.config import ConfigError
 from imgcls.data.decode import IMAGE_EXTENSIONS, ImageDecodeError, open_image, to_channels
+from imgcls.data.folder import class_name
 from imgcls.data.manifest import read_manifest
 from imgcls.data.memory import decode_files
 from imgcls.data.transforms import pil_to_tensor, to_float, to_square
@@ -271,8 +272,8 @@ def inputs_with_labels(
         found, lost = expand_paths([item])
         files += found
         missing += lost
-        if path.is_dir() and found and all(f.parent.name in known for f in found):
-            labels |= {f: f.parent.name for f in found}
+        if path.is_dir() and found and all(class_name(f.parent) in known for f in found):
+            labels |= {f: class_name(f.parent) for f in found}
     return files, labels, missing
 
 
@@ -284,7 +285,8 @@ class PredictionWriter:
         if self.path.suffix.lower() not in (".csv", ".jsonl"):
             raise ConfigError(f"--out must end in .csv or .jsonl, not {self.path.name!r}")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.file = open(self.path, "w", newline="")  # noqa: SIM115  (closed in close())
+        # Paths as the user named them; bytes that are no UTF-8 (a Latin-1 file name) written as escapes.
+        self.file = open(self.path, "w", newline="", encoding="utf-8", errors="backslashreplace")  # noqa: SIM115
         self.csv = csv.writer(self.file) if self.path.suffix.lower() == ".csv" else None
         if self.csv:
             self.csv.writerow(["path", "label", "probability", "top_k", "true_label"])

@@ -59,7 +59,7 @@ def weights_problem(path: Path) -> str:
 def read_meta(run_dir: str | Path) -> ModelMeta:
     path = Path(run_dir) / META_FILE
     try:
-        return ModelMeta.from_dict(json.loads(path.read_text()))
+        return ModelMeta.from_dict(json.loads(path.read_text(encoding="utf-8")))
     except FileNotFoundError:
         raise CheckpointError(f"{run_dir} is not an imgcls run folder (no {META_FILE})") from None
     except (json.JSONDecodeError, TypeError, ValueError) as e:

@@ -36,7 +36,7 @@ def run_meta(path: str | Path) -> dict[str, Any] | None:
     """The model.json beside imgcls weights (architecture options, normalization), if there is one."""
     p = weights_path(path).parent / META_FILE
     try:
-        return json.loads(p.read_text()) if p.is_file() else None
+        return json.loads(p.read_text(encoding="utf-8")) if p.is_file() else None
     except (OSError, json.JSONDecodeError):
         return None
 

@@ -44,11 +44,12 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
 
 
 def write_json(path: str | Path, data: Any) -> None:
-    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2) + "\n"))
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8"))
 
 
 def write_text(path: str | Path, text: str) -> None:
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+    """UTF-8 whatever the locale; a file name's undecodable bytes (surrogate escapes) become \\xNN."""
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8", errors="backslashreplace"))
 
 
 def new_run_dir(base: str | Path, stem: str) -> Path:
