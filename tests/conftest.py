@@ -27,7 +27,7 @@ RUN_FILES = (
 def make_image(label: int, rng: np.random.Generator, size: int = 32) -> Image.Image:
     """A learnable picture: the class decides the colour channel that is bright, plus noise."""
     arr = rng.integers(0, 60, (size, size, 3), dtype=np.uint8)
-    arr[..., label] = rng.integers(150, 255, (size, size), dtype=np.uint8)
+    arr[..., label % 3] = rng.integers(150, 255, (size, size), dtype=np.uint8)
     return Image.fromarray(arr, "RGB")
 
 

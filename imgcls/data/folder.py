@@ -16,7 +16,7 @@ from imgcls.data.types import DataBundle, DataError, Split
 
 log = logging.getLogger("imgcls")
 # How a skipped path that is no readable file is described (the data check counts these as warnings).
-UNUSABLE_PATH = ("broken symbolic link", "vanished", "cannot read", "not a regular file", "cannot list", "folder already")
+UNUSABLE_PATH = ("broken symbolic link", "vanished", "cannot read", "not a regular file", "cannot list", "folder ")
 
 
 def from_folder(root: Path, cfg: DataConfig) -> DataBundle:
@@ -42,6 +42,10 @@ def from_folder(root: Path, cfg: DataConfig) -> DataBundle:
         bundle = DataBundle(
             str(root), classes, splits["train"], splits.get("val"), splits.get("test"), skipped=skipped
         )
+    if not len(bundle.train):
+        unusable = f"; {len(skipped)} path(s) skipped, e.g. {skipped[0][0]}: {skipped[0][1]}" if skipped else ""
+        raise DataError(f"no images in the class folders of {root} ({', '.join(classes[:5])}"
+                        f"{', ...' if len(classes) > 5 else ''}){unusable}")  # fmt: skip
     _warn_empty_classes(bundle)
     return bundle
 
@@ -135,10 +139,12 @@ def list_files(folder: Path, skipped: list[tuple[str, str]]) -> list[Path]:
     def walk_error(e: OSError) -> None:
         skipped.append((str(e.filename), f"cannot list folder ({e.strerror or e})"))
 
+    root = os.path.realpath(folder)
     for top, dirs, names in os.walk(folder, followlinks=True, onerror=walk_error):
         real = os.path.realpath(top)
-        if real in seen:  # a symlink loop, or a second link to a folder already read
-            skipped.append((top, "folder already read through another link (skipped)"))
+        if real != root and (root.startswith(real + os.sep) or real in seen):
+            why = "a link to an enclosing folder (a loop)" if root.startswith(real + os.sep) else "already read"
+            skipped.append((top, f"folder {why}: skipped"))
             dirs[:] = []
             continue
         seen.add(real)

@@ -1,5 +1,7 @@
 """Folder trees and CSV manifests: layouts, splits, stable class indices, bad input."""
 
+import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -7,6 +9,7 @@ import torch
 
 from imgcls.config import DataConfig
 from imgcls.data.datasets import DataError, open_dataset, stratified_split
+from imgcls.data.doctor import check
 from tests.conftest import CLASSES, write_class_tree
 
 
@@ -119,3 +122,59 @@ def test_stratified_split_keeps_every_class_in_train():
     keep, take = stratified_split(labels, 0.3, seed=0)
     assert set(labels[keep].tolist()) == {0, 1, 2}
     assert sorted(labels[take].tolist()) == [0, 0, 0, 1]
+
+
+def test_every_unusable_path_is_a_named_skip(image_tree: Path, caplog):
+    """Hostile entries a real folder has: each is named in a counted skip, nothing raises, nothing is silent."""
+    circle = image_tree / "circle"
+    (circle / "gone.png").symlink_to(image_tree / "nowhere.png")  # a broken link
+    os.mkfifo(circle / "pipe.png")  # a special file: opening it would hang
+    (circle / "loop").symlink_to(image_tree)  # a folder link that loops back
+    (circle / "alias.png").symlink_to(circle / "circle_0.png")  # an alias: a usable file
+    (circle / "empty.png").write_bytes(b"")  # zero bytes: a decode-time skip, named there
+    bad_name = os.path.join(os.fsencode(circle), b"caf\xe9.png").decode("utf-8", "surrogateescape")
+    shutil.copy(circle / "circle_1.png", bad_name)  # a name that is not valid UTF-8
+    b = open_dataset(DataConfig(name=str(image_tree), val_split=0, test_split=0))
+    reasons = {Path(where).name: why for where, why in b.skipped}
+    assert reasons["gone.png"] == "broken symbolic link"
+    assert reasons["pipe.png"] == "not a regular file (a fifo)"
+    assert reasons["loop"] == "folder a link to an enclosing folder (a loop): skipped"
+    names = {p.name for p in b.train.paths}
+    assert {"alias.png", "empty.png", Path(bad_name).name} <= names and len(b.train) == 36 + 3
+    report = check(b, near=False)
+    assert any(f.kind == "unusable-path" and f.count == 3 for f in report.findings)
+    assert any(f.kind == "zero-byte" for f in report.errors)
+
+
+def test_labels_that_differ_only_by_case_space_or_unicode_form_are_warned(tmp_path: Path, caplog):
+    import unicodedata
+
+    from tests.conftest import write_class_tree
+
+    classes = ("Cat", "cat", unicodedata.normalize("NFC", "café"), unicodedata.normalize("NFD", "café"), "dog")
+    write_class_tree(tmp_path / "t", per_class=3, classes=classes)
+    with caplog.at_level("WARNING", logger="imgcls"):
+        b = open_dataset(DataConfig(name=str(tmp_path / "t"), val_split=0, test_split=0))
+    assert len(b.classes) == 5  # kept apart, never merged silently
+    warned = [r.getMessage() for r in caplog.records if "differ only by case" in r.getMessage()]
+    assert len(warned) == 2 and "'Cat' / 'cat'" in " ".join(warned)
+
+
+@pytest.mark.parametrize("kind", ["folder", "class folders without images", "manifest"])
+def test_empty_data_is_one_error_line_in_train_and_exit_1_in_check(kind: str, tmp_path: Path, capsys):
+    from imgcls import cli
+
+    data = tmp_path / "data"
+    data.mkdir()
+    if kind == "class folders without images":
+        (data / "a").mkdir()
+        (data / "b").mkdir()
+    if kind == "manifest":
+        data = tmp_path / "list.csv"
+        data.write_text("path,label\n")
+    assert cli.main(["train", "--data", str(data), "--epochs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
+    assert cli.main(["data", "check", str(data), "--out", str(tmp_path / "c.json")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err
