@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 from imgcls.config import DataConfig
 from imgcls.data import datasets
@@ -41,3 +42,38 @@ def test_offline_without_a_copy_gives_one_clear_error(monkeypatch, tmp_path: Pat
     monkeypatch.setattr("urllib.request.urlopen", offline)
     with pytest.raises(DataError, match=r"could not load fashion-mnist.*connect to the internet"):
         open_dataset(DataConfig(name="fashion-mnist"))
+
+
+def test_carved_splits_keep_identical_and_near_identical_images_together(tmp_path: Path, caplog):
+    """An icon theme: the same picture filed under two classes through symlinks, and re-encoded copies.
+    imgcls carves val/test itself, so it must not create the leak its own check refuses."""
+    import numpy as np
+
+    import imgcls
+    from tests.conftest import make_image
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "icons"
+    for label, name in enumerate(("actions", "devices", "status")):
+        (root / name).mkdir(parents=True)
+        for i in range(30):
+            make_image(label, rng).save(root / name / f"{name}-{i}.png")
+    for i in range(12):  # aliases: one picture in two classes (what icon themes do with symlinks)
+        (root / "status" / f"alias-{i}.png").symlink_to(root / "actions" / f"actions-{i}.png")
+    for i in range(12, 24):  # near-identical: the same picture re-encoded as JPEG
+        with Image.open(root / "devices" / f"devices-{i}.png") as im:
+            im.save(root / "devices" / f"devices-{i}-copy.jpg", quality=95)
+    with caplog.at_level("INFO", logger="imgcls"):
+        bundle = open_dataset(DataConfig(name=str(root)))
+    assert "24 group(s) of identical or near-identical images kept together" in caplog.text
+    where = {}
+    for split in ("train", "val", "test"):
+        for path in bundle.split(split).paths:
+            where[path.name] = split
+    for i in range(12):
+        assert where[f"alias-{i}.png"] == where[f"actions-{i}.png"]
+    for i in range(12, 24):
+        assert where[f"devices-{i}-copy.jpg"] == where[f"devices-{i}.png"]
+    result = imgcls.train(data=str(root), model="tutorial-cnn", epochs=1, out=tmp_path / "run",
+                          overrides={"log.progress": False, "data.image_size": 16})  # fmt: skip
+    assert result.test is not None  # the leakage check found nothing to refuse
