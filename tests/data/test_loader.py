@@ -212,7 +212,7 @@ def test_mixed_training_runs_end_to_end(tmp_path):
         out=tmp_path / "r",
         overrides={**over, "optim.lr": 0.05},
     )
-    assert 0 <= result.history[-1]["train_acc"] <= 1 and result.test["num_samples"] == 359
+    assert result.test["num_samples"] == 359 and result.test["accuracy"] > 0.5  # it still learns (chance: 0.1)
 
 
 def test_a_mid_epoch_start_gives_the_rest_of_the_same_epoch(image_tree: Path):

@@ -82,7 +82,7 @@ def test_sigkill_mid_epoch_then_resume_ends_with_identical_weights(tmp_path: Pat
     deadline = time.monotonic() + 120
     while not state_file.exists() and time.monotonic() < deadline and victim.poll() is None:
         time.sleep(0.02)
-    time.sleep(random.uniform(0.0, 0.6))  # a random moment of the run, between or during checkpoint writes
+    time.sleep(random.Random(7).uniform(0.0, 0.6))  # a moment of the run, between or during checkpoint writes
     victim.send_signal(signal.SIGKILL)
     assert victim.wait(timeout=30) == -signal.SIGKILL, "the run finished before it could be killed"
 

@@ -1,5 +1,6 @@
 """Training: a tiny run learns, resume equals an uninterrupted run, schedules have the right shape."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -51,10 +52,24 @@ def test_resume_equals_an_uninterrupted_run_bitwise(tmp_path: Path):
     assert [r["train_loss"] for r in straight.history] == [r["train_loss"] for r in resumed.history]
 
 
+class Snapshots:
+    """The weights that were evaluated at each epoch's checkpoint."""
+
+    def __init__(self) -> None:
+        self.by_epoch: dict[int, dict[str, torch.Tensor]] = {}
+
+    def on_checkpoint(self, state) -> None:
+        self.by_epoch[state.epoch] = {k: v.detach().clone() for k, v in state.eval_model.state_dict().items()}
+
+
 def test_safetensors_weights_match_the_best_epoch(tmp_path: Path):
-    result = imgcls.train(data="digits", model="tutorial-cnn", epochs=2, out=tmp_path / "r", overrides=FAST)
+    snapshots = Snapshots()
+    result = imgcls.train(data="digits", model="tutorial-cnn", epochs=3, out=tmp_path / "r", overrides=FAST,
+                          callbacks=[snapshots])  # fmt: skip
     weights = load_file(str(result.run_dir / "model.safetensors"))
-    assert set(weights) == set(read_state(result.run_dir / "state.pt")["model"])
+    best = json.loads((result.run_dir / "model.json").read_text())["best_epoch"]
+    assert best == max(range(1, 4), key=lambda e: (result.history[e - 1]["val_acc"], -e))  # first of the best
+    assert all(torch.equal(weights[k], v) for k, v in snapshots.by_epoch[best].items())
 
 
 @pytest.mark.parametrize("schedule", ["cosine", "onecycle", "step", "constant"])

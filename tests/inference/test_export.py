@@ -44,14 +44,11 @@ def test_export_passes_its_parity_check_and_carries_metadata(rgb_run: Path, fmt:
     expected = predictor.predict(image)[0]
     assert predictor.classes[int(probs.argmax())] == expected["label"]
     assert abs(float(probs.max()) - expected["probability"]) < 1e-4
-    big = torch.nn.functional.interpolate(
-        x.float() if layout == "nchw" else x.permute(0, 3, 1, 2).float(), size=(48, 48)
-    )
-    big = big.round().to(torch.uint8)
-    assert run((big.permute(0, 2, 3, 1) if layout == "nhwc" else big).numpy()).shape == (
-        1,
-        3,
-    )  # resized inside
+    wide = torch.randint(0, 255, (3, 30, 70), dtype=torch.uint8)  # not square: resized and cropped inside
+    probs = run((wide.permute(1, 2, 0)[None] if layout == "nhwc" else wide[None]).numpy())
+    expected = predictor.predict(wide)[0]
+    assert predictor.classes[int(probs.argmax())] == expected["label"]
+    assert abs(float(probs.max()) - expected["probability"]) < 1e-3
 
 
 def test_a_disagreeing_export_fails(rgb_run: Path, tmp_path: Path, monkeypatch):
