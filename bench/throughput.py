@@ -35,6 +35,28 @@ def train_step_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, dtype: tor
     return step
 
 
+def finite_check_step_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, dtype: torch.dtype | None, every: int):
+    """A training step with the loop's non-finite-loss check: read on the host every step (every=1, before
+    issue 11) or kept as a device-side flag read every `every` steps (what `fit` does now)."""
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, foreach=True)
+    flag, count = torch.zeros(1, device=x.device), [0]
+
+    def checked() -> None:
+        nonlocal flag
+        with autocast(x.device, dtype):
+            out = model(x)
+        loss = nn.functional.cross_entropy(out.float(), y)
+        flag = torch.maximum(flag, (~torch.isfinite(loss.detach())).float().reshape(1))
+        count[0] += 1
+        if count[0] % every == 0 and bool(flag[0]):  # the host waits for the device here
+            raise RuntimeError("non-finite loss")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return checked
+
+
 def flops_per_image(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     with FlopCounterMode(display=False) as counter:
         nn.functional.cross_entropy(model(x).float(), y).backward()
@@ -162,9 +184,27 @@ def main() -> None:
             if "speed_vs_resnet18" in r
         )
     )
+    finite = finite_check_rows(device, bf16, args)
     print(
-        f"saved {save(f'throughput-{device.type}', {'peak_flops': peaks, 'batch': args.batch, 'size': args.size, 'rows': rows})}"
+        f"saved {save(f'throughput-{device.type}', {'peak_flops': peaks, 'batch': args.batch, 'size': args.size, 'rows': rows, 'nonfinite_check': finite})}"
     )
+
+
+def finite_check_rows(device: torch.device, dtype: torch.dtype | None, args: argparse.Namespace) -> dict:
+    """The default model's step with a host sync per step (before) and every 50 steps (after), same run."""
+    model = build_model("smallnet", num_classes=10, in_chans=1, input_size=args.size, width=8).to(device)
+    model = model.to(memory_format=torch.channels_last)
+    x = torch.rand(args.batch, 1, args.size, args.size, device=device).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (args.batch,), device=device)
+    result = {}
+    for _ in range(2):  # alternate, so a busy moment does not favour one side
+        for name, every in (("sync_every_step", 1), ("sync_every_50_steps", 50)):
+            img_s = rate(finite_check_step_fn(model, x, y, dtype, every), args.batch, args.seconds / 2, device)
+            result[name] = max(result.get(name, 0.0), round(img_s))
+    result["speedup"] = round(result["sync_every_50_steps"] / result["sync_every_step"], 3)
+    print(f"non-finite check, smallnet w8: every step {result['sync_every_step']} img/s, every 50 steps "
+          f"{result['sync_every_50_steps']} img/s ({result['speedup']}x)")  # fmt: skip
+    return result
 
 
 if __name__ == "__main__":

@@ -91,7 +91,7 @@ class Batcher:
         while count < self.cfg.max_batch and (left := deadline - time.perf_counter()) > 0:
             try:
                 jobs.append(await asyncio.wait_for(self.queue.get(), left))
-            except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
+            except TimeoutError:  # not the builtin TimeoutError before Python 3.11
                 break
             count += len(jobs[-1].images)
         return jobs
@@ -137,7 +137,7 @@ class BodyLimit:
             nonlocal received
             try:
                 message = await asyncio.wait_for(receive(), self.timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 raise HTTPException(408, f"no request data for {self.timeout:g}s") from None
             received += len(message.get("body", b""))
             if received > self.limit:

@@ -78,7 +78,8 @@ def load_backbone(
         state: a torchvision/timm state dict, or an imgcls one (backbone.* / head.*).
         source: named in errors.
         head: the prefix of the original classifier's keys in `state` (dropped), e.g. "fc".
-        skip: prefixes of backbone parts rebuilt on purpose (a small-input stem) that keep their new init.
+        skip: prefixes of parts rebuilt on purpose (a small-input stem) that keep their new init, or that
+            the weights have and the model drops (Inception's auxiliary ImageNet classifier).
     """
     if is_imgcls_state(state):
         state = {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
@@ -97,7 +98,7 @@ def load_backbone(
             continue
         loaded[key] = value
     missing = [k for k in own if k not in loaded and not k.startswith(skip)]
-    unexpected = [k for k in state if k not in own and not (head and k.startswith(head + "."))]
+    unexpected = [k for k in state if k not in own and not (head and k.startswith(head + ".")) and not k.startswith(skip)]
     if missing or unexpected or wrong:
         parts = [(what, keys) for what, keys in (("missing", missing), ("unexpected", unexpected),
                                                   ("shape mismatch", wrong)) if keys]  # fmt: skip

@@ -30,6 +30,9 @@ TORCHVISION_MODELS: dict[str, tuple[str, int]] = {
     "vit_b_16": ("heads.head", 32),
 }
 TIMM_MIN_SIZE = 32
+# Parts of the published weights the models here leave out: Inception's auxiliary classifier, which only
+# helped train ImageNet (the model is built with aux_logits=False).
+DROPPED = {"inception_v3": ("AuxLogits.",)}
 
 
 def use_small_stem(net: nn.Module, name: str) -> None:
@@ -92,7 +95,7 @@ def _torchvision_builder(arch: str, head_path: str, min_size: int) -> Callable[.
             model.meta.name = arch  # named in load errors
             state = read_state_dict(weights_file) if weights_file else _torchvision_state_dict(arch)
             load_backbone(model, state, source=weights_file or f"torchvision {arch} weights",
-                          head=head_path, skip=("conv1.",) if small_stem else ())  # fmt: skip
+                          head=head_path, skip=(*DROPPED.get(arch, ()), *(("conv1.",) if small_stem else ())))  # fmt: skip
             tf = torchvision.models.get_model_weights(arch).DEFAULT.transforms()
             model.set_normalization(*_for_channels(tuple(tf.mean), tuple(tf.std), in_chans))
         return model
