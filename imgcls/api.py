@@ -23,7 +23,14 @@ from imgcls.config import Config, DataConfig
 from imgcls.data.datasets import DataBundle, DataError, Split, open_dataset
 from imgcls.data.decode import ImageDecodeError, open_image
 from imgcls.data.doctor import check, leakage
-from imgcls.data.loader import build_loader, class_weights, prepare, resolve_channels
+from imgcls.data.loader import (
+    ChannelStats,
+    build_loader,
+    channel_stats,
+    class_weights,
+    prepare,
+    resolve_channels,
+)
 from imgcls.engine.calibrate import fit_temperature
 from imgcls.engine.callbacks import CSVLogger, EarlyStopping, ProgressLogger, TensorBoardLogger, Unfreeze
 from imgcls.engine.evaluate import predict_logits, predict_split
@@ -180,9 +187,9 @@ def _model_and_data(cfg: Config) -> tuple[Config, torch.device, DataBundle, Clas
     """Device, data (decoded, split) and a new model; `cfg` comes back with its auto settings resolved."""
     device = _setup(cfg)
     with dist.main_first():  # rank 0 fills the dataset caches; the others then read them
-        bundle, size, channels = _load_data(cfg.data, cfg.model.name)
+        bundle, size, channels, stats = _load_data(cfg.data, cfg.model.name)
     cfg = size_to_run(resolve_recipe(cfg), bundle.flip_ok)
-    model = _new_model(cfg, bundle, size, channels).to(device)
+    model = _new_model(cfg, bundle, size, channels, stats).to(device)
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     torch.manual_seed(cfg.train.seed + dist.rank())  # same initial weights everywhere; own dropout per rank
@@ -732,7 +739,8 @@ def estimate_eval_seconds(model: Classifier, num_images: int, cfg: Config) -> fl
     return (time.perf_counter() - t) * num_images / n * 1.2
 
 
-def _load_data(cfg: DataConfig, model_name: str) -> tuple[DataBundle, int, int]:
+def _load_data(cfg: DataConfig, model_name: str) -> tuple[DataBundle, int, int, ChannelStats]:
+    """The data, opened, checked for leaks and prepared; its size, channels and per-channel mean/std."""
     bundle = open_dataset(cfg)
     if cfg.check and bundle.train.images is None:  # user files (built-ins are curated): leakage stops a run
         problems = leakage(bundle)
@@ -745,10 +753,11 @@ def _load_data(cfg: DataConfig, model_name: str) -> tuple[DataBundle, int, int]:
             )
     channels = resolve_channels(bundle, cfg)
     size = cfg.image_size or bundle.image_size or default_input_size(model_name)
-    return prepare(bundle, cfg, size, channels), size, channels
+    prepared = prepare(bundle, cfg, size, channels)
+    return prepared, size, channels, channel_stats(bundle.train, prepared.train, size, channels)
 
 
-def _new_model(cfg: Config, bundle: DataBundle, size: int, channels: int) -> Classifier:
+def _new_model(cfg: Config, bundle: DataBundle, size: int, channels: int, stats: ChannelStats) -> Classifier:
     arch: dict[str, Any] = {"width": cfg.model.width} if cfg.model.width is not None else {}
     if cfg.model.small_stem:
         arch["small_stem"] = True
@@ -763,23 +772,9 @@ def _new_model(cfg: Config, bundle: DataBundle, size: int, channels: int) -> Cla
         cfg.train.tta if cfg.train.tta != "auto" else ("flip" if cfg.data.augment == "crop-flip" else "off")
     )
     # Pretrained features expect the normalization they were learnt with; from scratch, the data's own.
-    if not (cfg.model.pretrained or cfg.model.weights) and bundle.train.images is not None:
-        model.set_normalization(*_channel_stats(bundle.train.images))
+    if not (cfg.model.pretrained or cfg.model.weights):
+        model.set_normalization(*stats)
     return model
-
-
-def _channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean/std of uint8 images, in chunks so a large dataset is never copied to float whole."""
-    c = images.shape[1]
-    total, total_sq, count = torch.zeros(c, dtype=torch.float64), torch.zeros(c, dtype=torch.float64), 0
-    for chunk in images.split(4096):
-        x = chunk.to(torch.float64).div_(255).transpose(0, 1).reshape(c, -1)
-        total += x.sum(1)
-        total_sq += (x * x).sum(1)
-        count += x.shape[1]
-    mean = total / max(count, 1)
-    std = (total_sq / max(count, 1) - mean**2).clamp_min(1e-12).sqrt()
-    return tuple(round(v, 5) for v in mean.tolist()), tuple(round(max(v, 1e-3), 5) for v in std.tolist())
 
 
 def _evaluate_and_write(

@@ -25,6 +25,7 @@ from imgcls.data.memory import (
     BatchMix,
     MemoryLoader,
     batch_generator,
+    decode_files,
     decode_files_cached,
     epoch_batches,
 )
@@ -83,6 +84,44 @@ def prepare(bundle: DataBundle, cfg: DataConfig, size: int, channels: int) -> Da
         splits[name] = split
     report_skipped(skipped, cfg.strict)
     return replace(bundle, skipped=skipped, channels=channels, **splits)
+
+
+ChannelStats = tuple[tuple[float, ...], tuple[float, ...]]
+STATS_SAMPLE = 4096  # images a file dataset's mean/std is measured on (all of a smaller one)
+
+
+def channel_stats(source: Split, prepared: Split, size: int, channels: int) -> ChannelStats:
+    """Per-channel mean/std of the training images, the same whether they sit in RAM or stream.
+
+    Built-in tensors: all of them. Files: a seeded sample of the source's file list (every file of a
+    dataset up to STATS_SAMPLE), taken from RAM where `prepare` decoded it, else decoded now; files that
+    do not decode drop out of both alike.
+    """
+    if source.images is not None:
+        return tensor_stats(prepared.images)
+    paths = source.paths or []
+    order = torch.randperm(len(paths), generator=torch.Generator().manual_seed(0))[:STATS_SAMPLE]
+    sample = [paths[i] for i in sorted(order.tolist())]
+    if prepared.images is not None:
+        where = {p: i for i, p in enumerate(prepared.paths or [])}
+        images = prepared.images[[where[p] for p in sample if p in where]]
+    else:
+        images, _, _ = decode_files(sample, size, channels)
+    return tensor_stats(images)
+
+
+def tensor_stats(images: torch.Tensor) -> ChannelStats:
+    """Per-channel mean/std of uint8 images, in chunks so a large dataset is never copied to float whole."""
+    c = images.shape[1]
+    total, total_sq, count = torch.zeros(c, dtype=torch.float64), torch.zeros(c, dtype=torch.float64), 0
+    for chunk in images.split(4096):
+        x = chunk.to(torch.float64).div_(255).transpose(0, 1).reshape(c, -1)
+        total += x.sum(1)
+        total_sq += (x * x).sum(1)
+        count += x.shape[1]
+    mean = total / max(count, 1)
+    std = (total_sq / max(count, 1) - mean**2).clamp_min(1e-12).sqrt()
+    return tuple(round(v, 5) for v in mean.tolist()), tuple(round(max(v, 1e-3), 5) for v in std.tolist())
 
 
 def report_skipped(skipped: list[tuple[str, str]], strict: bool) -> None:

@@ -261,3 +261,18 @@ def test_imbalance_options_train_end_to_end(tmp_path):
     }
     result = imgcls.train(data=str(root), model="tutorial-cnn", epochs=2, out=tmp_path / "r", overrides=over)
     assert set(result.test["per_class"]) == {"few", "many"}
+
+
+def test_normalization_is_the_same_streamed_or_in_ram(image_tree: Path):
+    """The mean/std a model is given come from the same images whether the data is decoded to RAM or streams."""
+    import imgcls
+
+    norms = {}
+    for cache in ("ram", "off"):
+        cfg = imgcls.make_config(data=str(image_tree), model="tutorial-cnn",
+                                 overrides={"data.cache": cache, "data.image_size": 16})  # fmt: skip
+        _, _, bundle, model = imgcls.api._model_and_data(cfg)
+        assert (bundle.train.images is not None) == (cache == "ram")
+        norms[cache] = (model.meta.mean, model.meta.std)
+    assert norms["ram"] == norms["off"]
+    assert norms["ram"][0] != (0.485, 0.456, 0.406) and len(norms["ram"][1]) == 3  # measured, not ImageNet's
