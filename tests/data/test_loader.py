@@ -177,6 +177,27 @@ def test_decoded_folders_are_cached_and_invalidated(image_tree: Path, tmp_path, 
         prepare(open_dataset(cfg), cfg, 16, 3)
 
 
+def test_the_decode_cache_sees_an_edit_that_keeps_size_and_mtime(tmp_path, monkeypatch):
+    import os
+
+    import numpy as np
+
+    from tests.conftest import make_image
+
+    monkeypatch.setenv("IMGCLS_DATA", str(tmp_path / "cache-root"))
+    write_class_tree(tmp_path / "tree", per_class=3, ext=".bmp")  # uncompressed: same size for any picture
+    cfg = DataConfig(name=str(tmp_path / "tree"), cache="ram", val_split=0, test_split=0)
+    first = prepare(open_dataset(cfg), cfg, 16, 3)
+    victim = tmp_path / "tree" / "circle" / "circle_0.bmp"
+    before = victim.stat()
+    make_image(2, np.random.default_rng(99)).save(victim)  # another picture, the same number of bytes
+    os.utime(victim, ns=(before.st_atime_ns, before.st_mtime_ns))  # as `cp -p` or `touch -r` leave it
+    assert victim.stat().st_size == before.st_size and victim.stat().st_mtime_ns == before.st_mtime_ns
+    second = prepare(open_dataset(cfg), cfg, 16, 3)
+    index = first.train.paths.index(victim)
+    assert not torch.equal(first.train.images[index], second.train.images[index])
+
+
 def test_cutout_zeroes_a_square_per_image():
     x = torch.ones(16, 1, 12, 12)
     out = BatchAugment(12, flip=False, cutout=4, crop=False)(x, torch.Generator().manual_seed(0))
