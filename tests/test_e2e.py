@@ -1,7 +1,7 @@
 """End to end on real data (Fashion-MNIST from the Debian package).
 
-The quick check runs in CI (one epoch, ~20 s). The acceptance runs of the foundation issue are marked
-slow (minutes): `make test-slow` or `pytest -m slow`.
+All marked slow (`make test-slow`): one epoch through the CLI (~45 s) and the acceptance runs of the
+foundation issue (minutes). The default suite renders a digits run's report in Chromium (test_report.py).
 """
 
 import json
@@ -29,6 +29,7 @@ def run_cli(*args: str, timeout: int = 1800) -> subprocess.CompletedProcess:
     return out
 
 
+@pytest.mark.slow
 @needs_fmnist
 def test_fashion_mnist_one_epoch_through_the_cli(tmp_path: Path):
     run = tmp_path / "run"
@@ -70,7 +71,7 @@ def test_fashion_mnist_one_epoch_through_the_cli(tmp_path: Path):
 SECTIONS = ("headline", "per-class", "confusion", "mistakes", "calibration", "curves")
 
 
-def assert_report_renders_in_chromium(page: Path, tmp_path: Path) -> None:
+def assert_report_renders_in_chromium(page: Path, tmp_path: Path, class_name: str = "T-shirt/top") -> None:
     """Opens the report offline in headless Chromium: every section shows, every image decodes; a screenshot."""
     browser = chromium(tmp_path)
     try:
@@ -82,7 +83,7 @@ def assert_report_renders_in_chromium(page: Path, tmp_path: Path) -> None:
             "return [...document.images].filter(i => !i.complete || i.naturalWidth === 0).map(i => i.alt)"
         )
         assert broken == [] and len(browser.find_elements("tag name", "img")) >= 5
-        assert "T-shirt/top" in browser.find_element("id", "per-class").text
+        assert class_name in browser.find_element("id", "per-class").text
         shot = tmp_path / "report.png"
         browser.get_screenshot_as_file(str(shot))
         assert shot.stat().st_size > 10_000

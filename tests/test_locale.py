@@ -47,12 +47,12 @@ def test_train_eval_predict_check_under_a_c_locale(named_tree: Path):
         "predict-csv": ["predict", str(run), str(data), "--out", str(named_tree / "p.csv")],
         "check": ["data", "check", str(data), "--out", str(named_tree / "c.json"), "--html", str(named_tree / "c.html")],
     }  # fmt: skip
+    stdout = {}
     for name, argv in steps.items():
         out = imgcls_c(*argv, cwd=named_tree)
         err = out.stderr.decode("ascii")  # an ASCII-only terminal: escapes, never raw UTF-8 bytes
         assert out.returncode in ((0, 1) if name == "check" else (0,)), (name, err[-2000:])
         assert "Traceback" not in err, (name, err[-2000:])
-        out.stdout.decode("ascii")
-    predictions = imgcls_c("predict", str(run), str(data), cwd=named_tree).stdout.decode("ascii")
-    assert "caf\\udce9-latin1.png" in predictions and "\\u732b" in predictions  # escaped, not lost
+        stdout[name] = out.stdout.decode("ascii")
+    assert "caf\\udce9-latin1.png" in stdout["predict"] and "\\u732b" in stdout["predict"]  # escaped, not lost
     assert (named_tree / "p.csv").stat().st_size > 0

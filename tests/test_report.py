@@ -94,3 +94,11 @@ def test_calibrate_lowers_the_error_of_an_overconfident_run(tmp_path: Path, caps
     assert cli.main(["report", str(run)]) == 0 and (run / "report.html").is_file()
     assert len(result["samples"]["confident_mistakes"]) > 0
     assert result["samples"]["confident_mistakes"][0]["thumbnail"].startswith("data:image/png;base64,")
+
+
+def test_a_tiny_runs_report_renders_in_chromium(tmp_path: Path):
+    from tests.test_e2e import assert_report_renders_in_chromium
+
+    run = imgcls.train(data="digits", model="tutorial-cnn", epochs=2, out=tmp_path / "run",
+                       overrides={"log.progress": False}).run_dir  # fmt: skip
+    assert_report_renders_in_chromium(run / "report.html", tmp_path, class_name="7")

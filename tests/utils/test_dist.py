@@ -80,6 +80,7 @@ def test_two_process_ddp_matches_a_single_process_run(tmp_path: Path):
     assert "world_size" not in single.stderr
 
 
+@pytest.mark.slow  # torchrun start-ups: ~20 s each; the 2-process training equivalence stays in the default suite
 def test_ddp_evaluation_equals_single_process_evaluation(tmp_path: Path):
     _imgcls("train", *ARGS, "--epochs", "1", "--out", str(tmp_path / "run"))
     single = json.loads(_imgcls("eval", str(tmp_path / "run"), "--json").stdout)
@@ -89,6 +90,7 @@ def test_ddp_evaluation_equals_single_process_evaluation(tmp_path: Path):
     assert ddp["accuracy"] == single["accuracy"]
 
 
+@pytest.mark.slow
 def test_a_timed_ddp_run_stops_on_every_rank_together(tmp_path: Path):
     # Each rank has its own clock; the run must still end at the same step everywhere (no hang).
     out = _imgcls(
