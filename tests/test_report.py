@@ -84,8 +84,12 @@ def test_calibrate_lowers_the_error_of_an_overconfident_run(tmp_path: Path, caps
     assert result["calibration_after"]["ece"] < result["calibration_before"]["ece"]
     assert json.loads((run / "model.json").read_text())["temperature"] == result["temperature"]
     # The stored temperature acts in the model: predictions now carry calibrated probabilities.
-    probs = imgcls.load(run).predict(torch.rand(2, 3, 16, 16))
-    assert all(0 < p["probability"] < 1 for p in probs)
+    model = imgcls.load(run, device="cpu")
+    x = torch.rand(2, 3, 16, 16)
+    logits = model.model(x)  # eval mode: divided by the stored temperature inside the forward
+    model.model.meta.temperature = 1.0
+    raw = model.model(x)
+    assert torch.allclose(logits * result["temperature"], raw, atol=1e-4)
     assert set(result["tta"]) == {"off", "flip"}
     page = (run / "report.html").read_text()
     for section in SECTIONS + ("tta",):

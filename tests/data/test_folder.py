@@ -178,3 +178,33 @@ def test_empty_data_is_one_error_line_in_train_and_exit_1_in_check(kind: str, tm
     assert cli.main(["data", "check", str(data), "--out", str(tmp_path / "c.json")]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "Traceback" not in err
+
+
+def test_one_manifest_reader_for_train_check_and_predict(tmp_path: Path):
+    """BOM, CRLF, quoting, columns in any order, an images folder that is a symlink elsewhere: accepted by
+    training and prediction alike; a path leaving the manifest's folder: refused by both."""
+    from imgcls.data.manifest import read_manifest
+    from imgcls.inference.predict import inputs_with_labels
+
+    elsewhere = tmp_path / "disk2" / "pictures"
+    write_class_tree(elsewhere, per_class=4)
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "images").symlink_to(elsewhere)  # the images live on another disk
+    (project / "images" / "circle" / "a, b.png").write_bytes((elsewhere / "circle" / "circle_0.png").read_bytes())
+    (tmp_path / "outside.png").write_bytes((elsewhere / "cross" / "cross_0.png").read_bytes())
+    rows = ["label,path"] + [f"{c},images/{c}/{c}_{i}.png" for c in CLASSES for i in range(4)]
+    rows += ['circle,"images/circle/a, b.png"', "cross,../outside.png", f"cross,{tmp_path / 'outside.png'}"]
+    manifest = project / "data.csv"
+    manifest.write_bytes(b"\xef\xbb\xbf" + "\r\n".join(rows).encode() + b"\r\n")
+
+    train_rows, train_skipped = read_manifest(manifest, need_label=True)
+    assert len(train_rows) == 13 and len(train_skipped) == 2
+    assert all("leaves the manifest's folder" in why for _, why in train_skipped)
+    assert all(str(r.path).startswith(str(project / "images")) for r in train_rows)  # not resolved away
+    b = open_dataset(DataConfig(name=str(manifest), val_split=0, test_split=0))
+    assert b.classes == list(CLASSES) and len(b.train) == 13
+
+    files, labels, missing = inputs_with_labels([manifest], CLASSES)
+    assert files == [r.path for r in train_rows] and len(missing) == 2
+    assert labels[project / "images" / "circle" / "a, b.png"] == "circle"

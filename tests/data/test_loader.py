@@ -268,7 +268,7 @@ def test_balanced_sampling_draws_every_class_equally():
     assert (weights * torch.bincount(labels, minlength=4)).sum() == pytest.approx(1000)  # total weight kept
 
 
-def test_imbalance_options_train_end_to_end(tmp_path):
+def test_imbalance_options_train_end_to_end(tmp_path, caplog):
     import imgcls
 
     root = tmp_path / "imb"
@@ -280,8 +280,11 @@ def test_imbalance_options_train_end_to_end(tmp_path):
         "data.sampler": "balanced",
         "data.batch_size": 8,
     }
-    result = imgcls.train(data=str(root), model="tutorial-cnn", epochs=2, out=tmp_path / "r", overrides=over)
+    with caplog.at_level("INFO", logger="imgcls"):
+        result = imgcls.train(data=str(root), model="tutorial-cnn", epochs=2, out=tmp_path / "r", overrides=over)
     assert set(result.test["per_class"]) == {"few", "many"}
+    weights = dict(part.split() for part in caplog.text.split("class weights: ")[1].splitlines()[0].split(", "))
+    assert float(weights["few"]) > 5 * float(weights["many"])  # the rare class weighs more in the loss
 
 
 def test_normalization_is_the_same_streamed_or_in_ram(image_tree: Path):
