@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Two workers on two cores: one thread each (and in the processes they start), or every OpenMP region
+    # waits for a descheduled thread (PERF-NOTES: 4-8x slower).
+    os.environ["OMP_NUM_THREADS"] = "1"
 
 CLASSES = ("circle", "cross", "square")
 # What every finished run folder holds (README, "Run folder").

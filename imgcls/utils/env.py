@@ -78,8 +78,11 @@ def _cpu_has_native_bf16() -> bool:
 
 
 def set_threads(threads: int | None) -> int:
-    """Uses `threads` CPU threads (default: the cores this process may run on, shared among the
-    processes torchrun started on this machine, so N ranks do not fight over the same cores)."""
+    """Uses `threads` CPU threads (default: $OMP_NUM_THREADS where set, else the cores this process may
+    run on, shared among the processes torchrun started on this machine, so N ranks do not fight over
+    the same cores)."""
+    if threads is None and os.environ.get("OMP_NUM_THREADS", "").isdigit():
+        threads = max(1, int(os.environ["OMP_NUM_THREADS"]))
     if threads is None:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         threads = max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
