@@ -6,6 +6,7 @@ import contextlib
 import csv
 import json
 import logging
+import math
 import shutil
 import sys
 import time
@@ -80,6 +81,9 @@ SHORTHANDS = {
     "out": "out",
     "time": "train.time",
 }
+DEFAULT_EPOCHS = 4
+MIN_STEPS = 100  # optimizer steps a run with the default epoch count takes at least...
+MAX_AUTO_EPOCHS = 30  # ...within this many epochs
 FINISH_SECONDS = 2.5  # saving, plots and the report after the final evaluation
 SMALLNET_WIDTH = {"short": 8, "medium": 16, "long": 32}
 
@@ -188,7 +192,7 @@ def _model_and_data(cfg: Config) -> tuple[Config, torch.device, DataBundle, Clas
     device = _setup(cfg)
     with dist.main_first():  # rank 0 fills the dataset caches; the others then read them
         bundle, size, channels, stats = _load_data(cfg.data, cfg.model.name)
-    cfg = size_to_run(resolve_recipe(cfg), bundle.flip_ok)
+    cfg = resolve_epochs(size_to_run(resolve_recipe(cfg), bundle.flip_ok), len(bundle.train))
     model = _new_model(cfg, bundle, size, channels, stats).to(device)
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -637,7 +641,22 @@ def run_length(cfg: Config) -> str:
     if cfg.train.time is not None:
         seconds = config_lib.parse_duration(cfg.train.time)
         return "short" if seconds <= 90 else "medium" if seconds <= 480 else "long"
-    return "short" if cfg.train.epochs <= 5 else "medium" if cfg.train.epochs <= 15 else "long"
+    epochs = cfg.train.epochs or DEFAULT_EPOCHS
+    return "short" if epochs <= 5 else "medium" if epochs <= 15 else "long"
+
+
+def resolve_epochs(cfg: Config, num_train: int) -> Config:
+    """`train.epochs` unset: DEFAULT_EPOCHS, or as many (up to MAX_AUTO_EPOCHS) as give MIN_STEPS optimizer
+    steps. A run of a few dozen steps leaves BatchNorm's running statistics behind the weights, and
+    evaluation then misjudges a model that has learnt (a 72-image folder: 32 steps in 4 epochs)."""
+    if cfg.train.epochs is not None:
+        return cfg
+    steps = max(1, math.ceil(num_train / cfg.data.batch_size))
+    epochs = max(DEFAULT_EPOCHS, min(MAX_AUTO_EPOCHS, math.ceil(MIN_STEPS / steps)))
+    if epochs > DEFAULT_EPOCHS and cfg.train.time is None:
+        log.info("a small dataset (%d steps per epoch): %d epochs, for at least %d optimizer steps (set --epochs to choose)",
+                 steps, epochs, min(MIN_STEPS, MAX_AUTO_EPOCHS * steps))  # fmt: skip
+    return cfg.replace({"train.epochs": epochs})
 
 
 def resolve_recipe(cfg: Config) -> Config:

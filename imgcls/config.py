@@ -108,7 +108,8 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 4
+    # None: DEFAULT_EPOCHS, or more where a small dataset gives fewer than MIN_STEPS optimizer steps in them
+    epochs: int | None = None
     recipe: Literal["auto", "scratch", "finetune"] = (
         "auto"  # auto: finetune with pretrained weights/--weights
     )
@@ -140,7 +141,7 @@ class TrainConfig:
     )
 
     def validate(self) -> None:
-        _check(self.epochs >= 1, "train.epochs", "must be >= 1")
+        _check(self.epochs is None or self.epochs >= 1, "train.epochs", "must be >= 1")
         _check(self.freeze_epochs >= 0, "train.freeze_epochs", "must be >= 0")
         _check(self.patience >= 0, "train.patience", "must be >= 0")
         if self.time is not None:

@@ -83,3 +83,14 @@ def test_flip_tta_averages_image_and_mirror():
     )
     model.train()
     assert model(x).shape == (2, 3)  # training forward ignores TTA
+
+
+def test_unset_epochs_give_a_small_dataset_enough_steps():
+    from imgcls.api import resolve_epochs
+
+    cfg = load(None, {"data.batch_size": 8})
+    assert cfg.train.epochs is None
+    assert resolve_epochs(load(None), 54_000).train.epochs == 4  # Fashion-MNIST: 422 steps per epoch
+    assert resolve_epochs(cfg, 60).train.epochs == 13  # 8 steps per epoch: 13 epochs reach 100 steps
+    assert resolve_epochs(cfg, 3).train.epochs == 30  # one step per epoch: at most 30 epochs
+    assert resolve_epochs(cfg.replace({"train.epochs": 2}), 60).train.epochs == 2  # what is said is used
