@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -71,6 +72,7 @@ def noisy_classes(root: Path, signal: int = 6) -> Path:
     return root
 
 
+@pytest.mark.slow  # 30 epochs to memorize noise (~17 s); fit_temperature itself is tested above in the default suite
 def test_calibrate_lowers_the_error_of_an_overconfident_run(tmp_path: Path, capsys):
     over = {"train.amp": "off", "log.progress": False, "train.label_smoothing": 0.0, "model.width": 16,
             "data.augment": "none", "optim.weight_decay": 0.0, "data.batch_size": 30}  # fmt: skip

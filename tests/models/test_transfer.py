@@ -99,8 +99,9 @@ def test_layer_groups_freezing_and_discriminative_lrs():
 
 def test_finetune_from_a_weights_file_end_to_end(tmp_path: Path, image_tree: Path, resnet18_file):
     source, path = resnet18_file
+    small = FAST | {"data.image_size": 32}  # the folder's own size: resnet18's 224 would cost 50x the compute
     probe = imgcls.train(data=str(image_tree), model="resnet18", epochs=2, out=tmp_path / "probe",
-                         overrides=FAST | {"model.weights": str(path), "model.freeze": "backbone"})  # fmt: skip
+                         overrides=small | {"model.weights": str(path), "model.freeze": "backbone"})  # fmt: skip
     config = (probe.run_dir / "config.yaml").read_text()
     assert "recipe: finetune" in config and "name: adamw" in config
     # Linear probing: the backbone, BatchNorm statistics included, is exactly the pretrained one.
@@ -109,7 +110,7 @@ def test_finetune_from_a_weights_file_end_to_end(tmp_path: Path, image_tree: Pat
         if not key.startswith("fc."):
             assert torch.equal(weights[f"backbone.{key}"], value), key
     full = imgcls.train(data=str(image_tree), model="resnet18", epochs=5, out=tmp_path / "full",
-                        overrides=FAST | {"model.weights": str(path)})  # fmt: skip
+                        overrides=small | {"model.weights": str(path)})  # fmt: skip
     after = read_state(full.run_dir / "state.pt")["model"]
     assert not torch.equal(after["backbone.layer4.1.conv2.weight"], source.layer4[1].conv2.weight)  # unfrozen
     assert full.history[-1]["train_loss"] < full.history[0]["train_loss"]

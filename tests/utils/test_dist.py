@@ -54,6 +54,7 @@ def test_evaluation_chunks_restore_every_sample_in_order(world: int):
     assert torch.equal(torch.cat(chunks), torch.arange(359))
 
 
+@pytest.mark.slow  # torchrun start-up and two processes: ~25 s
 def test_two_process_ddp_matches_a_single_process_run(tmp_path: Path):
     ddp = _imgcls("train", *ARGS, "--out", str(tmp_path / "ddp"), nproc=2)
     single = _imgcls("train", *ARGS, "--out", str(tmp_path / "single"))
@@ -80,7 +81,7 @@ def test_two_process_ddp_matches_a_single_process_run(tmp_path: Path):
     assert "world_size" not in single.stderr
 
 
-@pytest.mark.slow  # torchrun start-ups: ~20 s each; the 2-process training equivalence stays in the default suite
+@pytest.mark.slow  # torchrun start-ups: ~20 s each
 def test_ddp_evaluation_equals_single_process_evaluation(tmp_path: Path):
     _imgcls("train", *ARGS, "--epochs", "1", "--out", str(tmp_path / "run"))
     single = json.loads(_imgcls("eval", str(tmp_path / "run"), "--json").stdout)
