@@ -85,7 +85,7 @@ class ModelConfig:
 @dataclass(frozen=True)
 class OptimConfig:
     name: Literal["auto", "sgd", "adamw"] = "auto"  # auto: sgd from scratch, adamw when fine-tuning
-    # None: the recipe's (sgd from scratch 0.1, or the model's own, e.g. tutorial-cnn 0.01; sgd fine-tuning
+    # None: the recipe's (sgd from scratch 0.1, or the model's own, e.g. tutorial-cnn 0.05; sgd fine-tuning
     # 0.01; adamw 3e-3); auto: an LR range test picks it
     lr: float | Literal["auto"] | None = None
     momentum: float = 0.9

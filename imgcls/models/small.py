@@ -21,9 +21,10 @@ def _defaults(size: int, scratch_lr: float | None = None):
 
 
 @MODELS.register("tutorial-cnn")
-# Without BatchNorm this net diverges at the recipe's 0.1 on small batches (loss 1e5, then NaN); the
-# posts train it at 0.01.
-@_defaults(32, scratch_lr=0.01)
+# Without BatchNorm this net diverges at the recipe's 0.1 on small batches (loss 1e5, then NaN). The posts'
+# 0.01 is safe but slow at batch 128 (digits, 2 epochs: 30%); 0.05 learns both colour folders of the tests
+# for 5 seeds at batch 8 and digits to 80% in 2 epochs, 97% in the auto 10.
+@_defaults(32, scratch_lr=0.05)
 def tutorial_cnn(
     *,
     num_classes: int,

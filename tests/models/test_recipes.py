@@ -30,10 +30,10 @@ def test_the_larger_colour_folder_is_learnt_for_every_seed(model: str, tmp_path:
     assert colour_runs(tmp_path, 160, model) == [1.0] * 5
 
 
-def test_the_posts_net_carries_the_posts_learning_rate(tmp_path: Path):
-    assert default_scratch_lr("tutorial-cnn") == 0.01 and default_scratch_lr("smallnet") is None
+def test_the_posts_net_carries_its_own_learning_rate(tmp_path: Path):
+    assert default_scratch_lr("tutorial-cnn") == 0.05 and default_scratch_lr("smallnet") is None
     cfg = imgcls.api.resolve_recipe(imgcls.make_config(model="tutorial-cnn"))
-    assert cfg.optim.lr == 0.01 and cfg.optim.name == "sgd"
+    assert cfg.optim.lr == 0.05 and cfg.optim.name == "sgd"
     assert imgcls.api.resolve_recipe(imgcls.make_config(model="tutorial-cnn", lr=0.2)).optim.lr == 0.2
 
 
