@@ -198,7 +198,7 @@ class MemoryLoader:
             yield x, y
 
 
-CACHE_VERSION = 2  # bump when decoding or squaring changes what a file decodes to
+CACHE_VERSION = 3  # bump when decoding or squaring changes what a file decodes to
 
 
 def decode_files_cached(

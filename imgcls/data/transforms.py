@@ -23,7 +23,7 @@ def resize_crop(images: torch.Tensor, size: int) -> torch.Tensor:
     """(N, C, H, W) pixel values in [0, 255] -> (N, C, size, size) float pixel values, rounded.
 
     The shorter side is resized to `size` with antialiasing (the longer side to floor(size * long / short),
-    as torchvision's Resize(size)), the result is rounded to whole pixel values, then the centre square
+    as torchvision's Resize(size)), the result is rounded to whole pixel values (half-way up), then the centre square
     is cut (offset floor((side - size) / 2)). Written with shape arithmetic alone, so the same function
     traces into an ONNX/TorchScript graph with dynamic H and W: exported models preprocess exactly as
     `imgcls predict` does.
@@ -33,7 +33,9 @@ def resize_crop(images: torch.Tensor, size: int) -> torch.Tensor:
     short = min(height, width) if torch.jit.is_scripting() else torch.sym_min(height, width)
     new_h, new_w = size * height // short, size * width // short
     x = F.interpolate(images.float(), size=(new_h, new_w), mode="bilinear", align_corners=False, antialias=True)
-    x = x.round().clamp(0, 255)
+    # Half-way values are common (upsampling averages two pixels) and onnxruntime lands a hair either side
+    # of .5 where PyTorch lands on it: round half up past a margin far above float noise, so both agree.
+    x = torch.floor(x + 0.5009765625).clamp(0, 255)  # 0.5 + 2**-10, written out for TorchScript
     top, left = (new_h - size) // 2, (new_w - size) // 2
     return x.narrow(2, top, size).narrow(3, left, size)  # narrow: the output size stays known when traced
 
