@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import imgcls
+from imgcls import cli
 from imgcls.engine.state import read_state
 from imgcls.engine.train import TrainingError
 
@@ -126,32 +127,27 @@ def test_skip_nonfinite_counts_skipped_steps(tmp_path: Path, caplog):
 
 
 @pytest.mark.parametrize("damage", ["truncate", "random"])
-def test_resume_from_a_damaged_checkpoint_is_one_clear_error(tmp_path: Path, damage: str):
+def test_resume_from_a_damaged_checkpoint_is_one_clear_error(tmp_path: Path, damage: str, capsys):
+    # In-process through cli.main (tests/test_cli.py and test_terminal.py cover real processes).
     run = imgcls.train(
         data="digits", model="tutorial-cnn", epochs=1, out=tmp_path / "r", overrides=FAST
     ).run_dir
     path = run / "state.pt"
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2] if damage == "truncate" else os.urandom(len(data)))
-    out = subprocess.run(
-        [sys.executable, "-m", "imgcls", "train", "--resume", str(run), "--epochs", "2"],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert out.returncode == 2
-    assert (
-        out.stderr.strip().splitlines()[-1].startswith(f"error: {path} is not a readable imgcls checkpoint")
-    )
-    assert "Traceback" not in out.stderr
+    capsys.readouterr()
+    assert cli.main(["train", "--resume", str(run), "--epochs", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1].startswith(f"error: {path} is not a readable imgcls checkpoint")
+    assert "Traceback" not in err
 
 
-def test_resume_with_another_class_count_is_one_clear_error(tmp_path: Path, image_tree: Path):
+def test_resume_with_another_class_count_is_one_clear_error(tmp_path: Path, image_tree: Path, capsys):
     run = imgcls.train(
         data="digits", model="tutorial-cnn", epochs=1, out=tmp_path / "r", overrides=FAST
     ).run_dir
-    out = subprocess.run(
-        [sys.executable, "-m", "imgcls", "train", "--resume", str(run), "--data", str(image_tree),
-         "--set", "data.channels=1", "data.image_size=8"],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert out.returncode == 2, out.stderr
-    assert "does not fit this model/optimizer" in out.stderr and "Traceback" not in out.stderr
+    capsys.readouterr()
+    argv = ["train", "--resume", str(run), "--data", str(image_tree), "--set", "data.channels=1", "data.image_size=8"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "does not fit this model/optimizer" in err and "Traceback" not in err
