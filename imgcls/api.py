@@ -138,8 +138,7 @@ def train(
     cfg, device, bundle, model = _model_and_data(cfg)
     size, channels = model.meta.input_size, model.meta.in_chans
     launch = _launch_record(cfg)
-    opened = _open_run_dir(cfg, resume is not None, overwrite) if dist.is_main() else None
-    run_dir = Path(dist.broadcast_object(str(opened) if opened else None))
+    run_dir = _shared_run_dir(cfg, resume is not None, overwrite)
     cfg = cfg.replace({"out": str(run_dir)})
     if dist.is_main():
         config_lib.save(cfg, run_dir / "config.yaml", launch)
@@ -299,6 +298,20 @@ def _resolve_config(
             raise CheckpointError(f"cannot resume: {run_dir} has no {STATE_FILE}")
         return make_config(run_dir / "config.yaml", overrides, **shorthands).replace({"out": str(run_dir)})
     return cfg if cfg is not None else make_config(config, overrides, **shorthands)
+
+
+def _shared_run_dir(cfg: Config, resuming: bool, overwrite: bool) -> Path:
+    """Rank 0 opens the run folder; every rank gets its path, or the same error (no rank left waiting)."""
+    opened: tuple[str | None, str | None] = (None, None)
+    if dist.is_main():
+        try:
+            opened = (str(_open_run_dir(cfg, resuming, overwrite)), None)
+        except config_lib.ConfigError as e:
+            opened = (None, str(e))
+    path, error = dist.broadcast_object(opened)
+    if error:
+        raise config_lib.ConfigError(error)
+    return Path(path)
 
 
 def _open_run_dir(cfg: Config, resuming: bool, overwrite: bool) -> Path:
