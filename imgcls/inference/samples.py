@@ -24,6 +24,8 @@ log = logging.getLogger("imgcls")
 VARIANTS = ((1.0, 1.0), (1.0, 4 / 3), (1.5, 1.0), (0.4, 0.7), (3.0, 2.0), (1.0, 3.1))
 # Shapes every check includes: a 12 MP photo, a thumbnail, a banner, a needle.
 EXTREME_SHAPES = ((3000, 4000), (5, 7), (150, 2000), (640, 24))
+# Decoded pixels a sample may hold: 500 twelve-megapixel photos would be 18 GB; this is ~20 of them.
+RAW_BUDGET = 768 << 20
 
 
 def split_sample(split: Split, limit: int, channels: int, seed: int = 0) -> tuple[list[torch.Tensor], torch.Tensor]:
@@ -33,8 +35,11 @@ def split_sample(split: Split, limit: int, channels: int, seed: int = 0) -> tupl
     size) are resized to a cycle of other shapes, so the check covers what photos look like.
     """
     order = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))[:limit].tolist()
-    images, labels = [], []
+    images, labels, held = [], [], 0
     for k, i in enumerate(order):
+        if held > RAW_BUDGET:
+            log.info("checking on %d images: their decoded pixels reached %d MB", len(images), held >> 20)
+            break
         if split.images is not None:
             image = reshaped(with_channels(split.images[i], channels), *VARIANTS[k % len(VARIANTS)])
         else:
@@ -44,6 +49,7 @@ def split_sample(split: Split, limit: int, channels: int, seed: int = 0) -> tupl
                 continue
         images.append(image)
         labels.append(int(split.labels[i]))
+        held += image.numel()
     return images, torch.tensor(labels, dtype=torch.long)
 
 
@@ -52,12 +58,13 @@ def folder_sample(folder: str | Path, limit: int, channels: int) -> list[torch.T
     from imgcls.inference.predict import expand_paths
 
     files, _ = expand_paths([folder])
-    images = []
+    images, held = [], 0
     for path in files:
-        if len(images) >= limit:
+        if len(images) >= limit or held > RAW_BUDGET:
             break
         try:
             images.append(pil_to_tensor(open_image(path, channels)))
+            held += images[-1].numel()
         except ImageDecodeError as e:
             log.warning("check image skipped: %s", e)
     return images
