@@ -10,7 +10,7 @@ import sys
 
 from imgcls import __version__
 from imgcls.config import ConfigError, parse_overrides
-from imgcls.registry import RegistryError
+from imgcls.errors import ImgclsError
 
 log = logging.getLogger("imgcls")
 
@@ -365,19 +365,6 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0 if names else 1
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    """Errors that mean 'the input was wrong': shown as one line, never as a traceback."""
-    from imgcls.data.datasets import DataError
-    from imgcls.data.decode import ImageDecodeError
-    from imgcls.inference.export import ExportError
-    from imgcls.models import ModelError
-    from imgcls.models.checkpoint import CheckpointError
-    from imgcls.utils.env import DeviceError
-
-    return (ConfigError, RegistryError, DataError, ImageDecodeError, CheckpointError, ModelError, DeviceError,
-            ExportError)  # fmt: skip
-
-
 def _lr(text: str) -> float | str:
     if text == "auto":
         return text
@@ -429,19 +416,12 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except KeyboardInterrupt:
         return 130
-    except (ConfigError, RegistryError, FileNotFoundError) as e:
+    except ImgclsError as e:  # a user mistake, or a run that cannot go on: one line, never a traceback
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except FileNotFoundError as e:  # a path the user gave that is not there, met outside imgcls's own checks
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except Exception as e:
-        if isinstance(e, _user_errors()):
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        from imgcls.engine.train import TrainingError
-
-        if isinstance(e, TrainingError):  # a run that cannot go on (non-finite loss): one line, exit 1
-            print(f"error: {e}", file=sys.stderr)
-            return 1
-        raise
     finally:
         if "torch" in sys.modules:  # leave torchrun's process group cleanly
             from imgcls.utils import dist

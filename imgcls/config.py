@@ -17,10 +17,12 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 
+from imgcls.errors import ImgclsError
+
 LAUNCH_KEY = "launch"
 
 
-class ConfigError(ValueError):
+class ConfigError(ImgclsError, ValueError):
     """A bad config key or value; the message names the key and what is allowed."""
 
 

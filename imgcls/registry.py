@@ -8,8 +8,10 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
+from imgcls.errors import ImgclsError
 
-class RegistryError(KeyError):
+
+class RegistryError(ImgclsError, KeyError):
     """An unknown or duplicate name; the message says what to do."""
 
     def __str__(self) -> str:  # KeyError quotes its message; we want it plain

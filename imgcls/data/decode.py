@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from imgcls.errors import ImgclsError
+
 # PIL warns above this many pixels and raises at twice; we refuse at the warning already.
 MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
 IMAGE_EXTENSIONS = {
@@ -23,7 +25,7 @@ IMAGE_EXTENSIONS = {
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 
-class ImageDecodeError(ValueError):
+class ImageDecodeError(ImgclsError, ValueError):
     """A file that is not a readable image; `reason` is short and human."""
 
     def __init__(self, source: str, reason: str) -> None:

@@ -8,8 +8,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from imgcls.errors import ImgclsError
 
-class DataError(ValueError):
+
+class DataError(ImgclsError, ValueError):
     """The data cannot be used as given; the message says why and what to do."""
 
 

@@ -19,6 +19,7 @@ from imgcls.engine.ema import build_ema
 from imgcls.engine.evaluate import autocast, loss_and_accuracy, predict_split
 from imgcls.engine.optim import build_optimizer, build_schedule
 from imgcls.engine.state import STATE_FILE, TrainState, rng_states, save_weights
+from imgcls.errors import ImgclsError
 from imgcls.models import Classifier
 from imgcls.utils import dist
 from imgcls.utils.env import autocast_dtype
@@ -69,8 +70,10 @@ def new_state(model: Classifier, cfg: Config, timed: bool = False) -> TrainState
     return TrainState(model, optimizer, schedule, scaler, ema=build_ema(model, cfg.train.ema_decay))
 
 
-class TrainingError(RuntimeError):
+class TrainingError(ImgclsError, RuntimeError):
     """Training cannot go on (a non-finite loss); the message names the step and the checkpoint kept."""
+
+    exit_code = 1  # the input was valid; the run failed
 
 
 def fit(

@@ -22,6 +22,7 @@ from torch import nn
 
 from imgcls.config import ConfigError
 from imgcls.data.transforms import resize_crop, to_float, to_square
+from imgcls.errors import ImgclsError
 from imgcls.models import Classifier
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
@@ -32,7 +33,7 @@ TOP1_AGREEMENT = 0.999  # the export fails below this share of identical top-1 c
 PROB_TOLERANCE = 1e-3
 
 
-class ExportError(RuntimeError):
+class ExportError(ImgclsError, RuntimeError):
     """The exported artifact disagrees with PyTorch, or the export itself failed."""
 
 

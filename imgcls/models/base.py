@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from imgcls.errors import ImgclsError
 from imgcls.registry import Registry
 
 MODELS = Registry("model")
@@ -22,7 +23,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class ModelError(ValueError):
+class ModelError(ImgclsError, ValueError):
     """A model cannot be built or loaded as asked; the message says why."""
 
 

@@ -13,6 +13,7 @@ from typing import Any
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from imgcls.errors import ImgclsError
 from imgcls.models.base import Classifier, ModelMeta
 from imgcls.utils.io import atomic_write, write_json
 
@@ -20,7 +21,7 @@ WEIGHTS_FILE = "model.safetensors"
 META_FILE = "model.json"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(ImgclsError, ValueError):
     """A checkpoint is missing, corrupt, or does not fit the model; the message says which."""
 
 

@@ -11,8 +11,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from imgcls.errors import ImgclsError
 
-class DeviceError(RuntimeError):
+
+class DeviceError(ImgclsError, RuntimeError):
     """The requested device is not available."""
 
 
