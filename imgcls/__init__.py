@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-__version__ = "0.1.0"
+from imgcls._version import __version__
+
 # The public functions live in imgcls.api; they are imported on first use, so `imgcls --help` and config
 # checks stay instant. No submodule may share one of these names: importing it would shadow the function.
 API = ("train", "evaluate", "report", "load", "predict", "export", "serve", "lr_find", "check_data", "make_config")

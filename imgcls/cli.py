@@ -8,7 +8,7 @@ import logging
 import os
 import sys
 
-from imgcls import __version__
+from imgcls._version import __version__
 from imgcls.config import ConfigError, parse_overrides
 from imgcls.errors import ImgclsError
 

@@ -121,7 +121,7 @@ def quantize_int8(
 
 
 def metadata(model: Classifier, layout: str) -> dict[str, str]:
-    from imgcls import __version__
+    from imgcls._version import __version__
 
     meta = model.meta
     shape = ["N", "H", "W", str(meta.in_chans)] if layout == "nhwc" else ["N", str(meta.in_chans), "H", "W"]

@@ -135,7 +135,7 @@ def git_sha() -> str | None:
 def versions() -> dict[str, str]:
     import torchvision
 
-    from imgcls import __version__
+    from imgcls._version import __version__
 
     return {
         "imgcls": __version__,
