@@ -234,6 +234,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         "out": args.out,
         "time": args.time,
     }
+    if args.overwrite and not args.out:
+        raise ConfigError("--overwrite empties the run folder named by --out; give --out RUN_DIR")
     if args.resume and (args.config or args.out or args.overwrite):
         raise ConfigError(
             "--resume continues a run with its own config.yaml and folder; drop --config/--out/--overwrite"

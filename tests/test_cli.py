@@ -182,6 +182,7 @@ def test_batch_prediction_writes_csv_and_jsonl_and_scores_labelled_inputs(folder
         (["eval", "/no/such/run"], "not an imgcls run folder"),
         (["predict", "/no/such/run", "x.png"], "not an imgcls run folder"),
         (["train", "--resume", "/no/such/run"], "cannot resume"),
+        (["train", "--overwrite"], "--overwrite empties the run folder named by --out"),
         (["train", "--data", "digits", "--weights", "/no/such.pth"], "no weights at /no/such.pth"),
         (["train", "--data", "digits", "--model", "tutorial-cnn", "--pretrained"], "no pretrained weights"),
         (["train", "--data", "digits", "--freeze", "most"], "model.freeze must be"),
