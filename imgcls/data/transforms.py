@@ -50,6 +50,19 @@ def to_square(size: int) -> Callable[[Any], torch.Tensor]:
     return square
 
 
+def with_channels(image: torch.Tensor, channels: int) -> torch.Tensor:
+    """A uint8 (C, H, W) image with 1 or 3 channels converted to `channels` as the decoder converts files."""
+    if image.shape[0] == channels:
+        return image
+    from PIL import Image
+
+    from imgcls.data.decode import to_channels
+
+    mode = "L" if image.shape[0] == 1 else "RGB"
+    pil = Image.fromarray(image.permute(1, 2, 0).squeeze(-1).numpy(), mode)
+    return pil_to_tensor(to_channels(pil, channels))
+
+
 def pil_to_tensor(image: Any) -> torch.Tensor:
     """An 'L' or 'RGB' PIL image -> uint8 tensor (C, H, W), without importing torchvision."""
     import numpy as np

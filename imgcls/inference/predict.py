@@ -20,7 +20,7 @@ from imgcls.data.decode import IMAGE_EXTENSIONS, ImageDecodeError, open_image, t
 from imgcls.data.folder import class_name
 from imgcls.data.manifest import read_manifest
 from imgcls.data.memory import decode_files
-from imgcls.data.transforms import pil_to_tensor, to_float, to_square
+from imgcls.data.transforms import pil_to_tensor, to_float, to_square, with_channels
 from imgcls.models import Classifier, ModelMeta, build_model
 from imgcls.models.checkpoint import WEIGHTS_FILE, load_weights, read_meta
 from imgcls.utils.env import select_device
@@ -170,12 +170,7 @@ class Predictor:
             )
         if t.is_floating_point():
             t = (t.clamp(0, 1) * 255).round().to(torch.uint8)
-        t = t[:3].cpu()
-        if t.shape[0] != self.meta.in_chans:
-            mode = "L" if t.shape[0] == 1 else "RGB"
-            pil = Image.fromarray(t.permute(1, 2, 0).squeeze(-1).numpy(), mode)
-            return pil_to_tensor(to_channels(pil, self.meta.in_chans))
-        return t
+        return with_channels(t[:3].cpu(), self.meta.in_chans)
 
 
 class ArtifactPredictor(Predictor):

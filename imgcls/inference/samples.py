@@ -13,11 +13,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from imgcls.data.datasets import Split
-from imgcls.data.decode import ImageDecodeError, open_image, to_channels
-from imgcls.data.transforms import pil_to_tensor
+from imgcls.data.decode import ImageDecodeError, open_image
+from imgcls.data.transforms import pil_to_tensor, with_channels
 
 log = logging.getLogger("imgcls")
 # (height factor, width factor) cycled over sampled images: square, landscape, portrait, tiny, large.
@@ -90,15 +89,6 @@ def reshaped(image: torch.Tensor, height_factor: float, width_factor: float) -> 
     size = (max(1, round(h * height_factor)), max(1, round(w * width_factor)))
     x = F.interpolate(image[None].float(), size=size, mode="bilinear", antialias=True, align_corners=False)
     return x[0].round().clamp(0, 255).to(torch.uint8)
-
-
-def with_channels(image: torch.Tensor, channels: int) -> torch.Tensor:
-    """A uint8 (C, H, W) image converted to `channels` channels the way the decoder converts files."""
-    if image.shape[0] == channels:
-        return image
-    mode = "L" if image.shape[0] == 1 else "RGB"
-    pil = Image.fromarray(image.permute(1, 2, 0).squeeze(-1).numpy(), mode)
-    return pil_to_tensor(to_channels(pil, channels))
 
 
 def squares(images: Sequence[torch.Tensor], size: int) -> torch.Tensor:
