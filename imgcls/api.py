@@ -45,7 +45,8 @@ from imgcls.inference.export import export as export_model
 from imgcls.inference.predict import ArtifactPredictor, PredictionWriter, Predictor, inputs_with_labels
 from imgcls.metrics import calibration, evaluation_report
 from imgcls.models import Classifier, build_model, default_input_size, default_scratch_lr
-from imgcls.models.transfer import NUM_GROUPS, run_meta
+from imgcls.models.checkpoint import run_meta
+from imgcls.models.transfer import NUM_GROUPS
 from imgcls.reporting import (
     data_report_text,
     markdown_summary,

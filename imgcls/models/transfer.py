@@ -7,67 +7,13 @@ name, adapts the first conv to the input channels and leaves the head fresh for 
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-from typing import Any
-
 import torch
 from torch import nn
 
 from imgcls.models.base import Classifier, ModelError
-from imgcls.models.checkpoint import META_FILE, WEIGHTS_FILE, weights_problem
+from imgcls.models.checkpoint import is_imgcls_state, mismatch
 
 NUM_GROUPS = 4  # backbone layer groups for freezing and discriminative learning rates
-# Wrappers that training scripts put around a state dict: torchvision references ("model"), timm ("state_dict").
-CONTAINER_KEYS = ("state_dict_ema", "state_dict", "model_ema", "model")
-
-
-def weights_path(path: str | Path) -> Path:
-    """A weights file, or an imgcls run folder's model.safetensors."""
-    p = Path(path)
-    if p.is_dir():
-        p = p / WEIGHTS_FILE
-    if not p.is_file():
-        raise ModelError(f"no weights at {path} (give a .safetensors/.pth file or an imgcls run folder)")
-    return p
-
-
-def run_meta(path: str | Path) -> dict[str, Any] | None:
-    """The model.json beside imgcls weights (architecture options, normalization), if there is one."""
-    p = weights_path(path).parent / META_FILE
-    try:
-        return json.loads(p.read_text(encoding="utf-8")) if p.is_file() else None
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Tensors by name from .safetensors or a torch file (never unpickling code), wrappers removed."""
-    p = weights_path(path)
-    try:
-        if p.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(p))
-        else:
-            state = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # safetensors/pickle/zip errors: all mean "not usable weights"
-        if p.suffix == ".safetensors":
-            raise ModelError(f"{p} {weights_problem(p)}") from None
-        raise ModelError(f"{p} is not a readable weights file ({type(e).__name__}: {str(e)[:200]})") from None
-    for key in CONTAINER_KEYS:
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-            break
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ModelError(f"{p} does not hold a state dict of tensors")
-    return {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in state.items()}
-
-
-def is_imgcls_state(state: dict[str, torch.Tensor]) -> bool:
-    return any(k.startswith("backbone.") for k in state) and any(k.startswith("head.") for k in state)
-
-
 def load_backbone(
     model: Classifier, state: dict[str, torch.Tensor], *, source: str, head: str | None = None,
     skip: tuple[str, ...] = (),
@@ -87,27 +33,17 @@ def load_backbone(
     first_conv = next(
         (n + ".weight" for n, m in model.backbone.named_modules() if isinstance(m, nn.Conv2d)), None
     )
-    loaded, wrong = {}, []
+    loaded = {}
     for key, value in state.items():
-        if key not in own or key.startswith(skip):
-            continue
-        if own[key].shape != value.shape and key == first_conv:
+        if head and key.startswith(head + "."):
+            continue  # the original classifier: the Classifier's head replaces it
+        if key == first_conv and key in own and own[key].shape != value.shape:
             value = _adapt_channels(value, own[key].shape[1])
-        if own[key].shape != value.shape:
-            wrong.append(f"{key} {tuple(value.shape)} vs {tuple(own[key].shape)}")
-            continue
         loaded[key] = value
-    missing = [k for k in own if k not in loaded and not k.startswith(skip)]
-    unexpected = [k for k in state if k not in own and not (head and k.startswith(head + ".")) and not k.startswith(skip)]
-    if missing or unexpected or wrong:
-        parts = [(what, keys) for what, keys in (("missing", missing), ("unexpected", unexpected),
-                                                  ("shape mismatch", wrong)) if keys]  # fmt: skip
-        raise ModelError(
-            f"{source} does not fit {model.meta.name or 'this model'}: "
-            + "; ".join(
-                f"{what}: {', '.join(keys[:3])}" + (" ..." if len(keys) > 3 else "") for what, keys in parts
-            )
-        )
+    problems = mismatch(own, loaded, ignore=skip)
+    if problems:
+        raise ModelError(f"{source} does not fit {model.meta.name or 'this model'}: {problems}")
+    loaded = {k: v for k, v in loaded.items() if not k.startswith(skip)}
     model.backbone.load_state_dict({**own, **loaded})
 
 

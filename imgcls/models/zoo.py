@@ -13,7 +13,8 @@ from collections.abc import Callable
 from torch import nn
 
 from imgcls.models.base import MODELS, Classifier, ModelError, adapt_first_conv
-from imgcls.models.transfer import load_backbone, read_state_dict, weights_path
+from imgcls.models.checkpoint import read_state_dict, weights_path
+from imgcls.models.transfer import load_backbone
 
 # name -> (path of the final Linear, smallest input side the architecture handles)
 TORCHVISION_MODELS: dict[str, tuple[str, int]] = {
