@@ -18,6 +18,8 @@ matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from imgcls.utils import run_files  # noqa: E402
+
 
 def plot_curves(history: list[dict[str, float]], path: str | Path) -> None:
     """Loss and accuracy per epoch, train vs validation."""
@@ -69,7 +71,7 @@ def plot_confusion(matrix: list[list[int]], classes: list[str], path: str | Path
     plt.close(fig)
 
 
-def markdown_summary(result: dict[str, Any], title: str) -> str:
+def markdown_summary(result: dict[str, Any], title: str, split: str = "test") -> str:
     """A readable report.md: headline metrics, then per-class precision/recall/F1."""
     lines = [f"# {title}", ""]
     for key in ("num_samples", "accuracy", "top5_accuracy", "precision_macro", "recall_macro", "f1_macro"):
@@ -80,7 +82,7 @@ def markdown_summary(result: dict[str, Any], title: str) -> str:
         lines.append(
             f"| {name} | {m['precision']:.4f} | {m['recall']:.4f} | {m['f1']:.4f} | {m['support']} |"
         )
-    lines += ["", "![curves](curves.png)", "", "![confusion matrix](confusion_matrix.png)", ""]
+    lines += ["", f"![curves]({run_files.CURVES})", "", f"![confusion matrix]({run_files.confusion_png(split)})", ""]
     return "\n".join(lines)
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -51,3 +51,22 @@ class DataBundle:
         if split is None:
             raise DataError(f"dataset {self.name!r} has no {name!r} split")
         return split
+
+    def with_classes(self, classes: list[str]) -> DataBundle:
+        """The same images with labels re-indexed to `classes` (a trained model's), matched by name."""
+        if self.classes == classes:
+            return self
+        index = {c: i for i, c in enumerate(classes)}
+
+        def remap(split: Split | None) -> Split | None:
+            if split is None:
+                return None
+            names = [self.classes[i] for i in split.labels.tolist()]
+            unknown = sorted(set(names) - index.keys())
+            if unknown:
+                raise DataError(f"the data has classes the model was not trained on: {', '.join(unknown[:10])}")
+            return Split(torch.tensor([index[n] for n in names], dtype=torch.long), split.images, split.paths)
+
+        return replace(
+            self, classes=list(classes), train=remap(self.train), val=remap(self.val), test=remap(self.test)
+        )

@@ -10,13 +10,13 @@ from __future__ import annotations
 import csv
 import inspect
 import logging
-import sys
 import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from imgcls.models.transfer import NUM_GROUPS, set_frozen
+from imgcls.utils.progress import live_progress
 
 log = logging.getLogger("imgcls")
 EVENTS = ("on_fit_start", "on_epoch_start", "on_step_end", "on_eval_end", "on_checkpoint", "on_fit_end")
@@ -118,19 +118,19 @@ class ProgressLogger:
     """A live progress bar (loss, accuracy, images/s) on a terminal; one line per epoch everywhere."""
 
     def __init__(self, enabled: bool = True, refresh_s: float = 0.5) -> None:
-        self.live = enabled and sys.stderr.isatty()
+        self.enabled = enabled
         self.refresh_s = refresh_s
         self.progress = None
 
     def on_fit_start(self, epochs: int | None) -> None:
         self.of = f"/{epochs}" if epochs else ""  # time-budgeted runs have no epoch count
-        if self.live:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 
-            self.progress = Progress(
-                TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
-                TextColumn("{task.fields[stats]}"), TimeRemainingColumn(), transient=True,
-            )  # fmt: skip
+        self.progress = live_progress(
+            TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[stats]}"), TimeRemainingColumn(), enabled=self.enabled,
+        )  # fmt: skip
+        if self.progress:
             self.progress.start()
 
     def on_epoch_start(self, epoch: int, num_steps: int) -> None:

@@ -13,6 +13,7 @@ from PIL import Image
 
 import imgcls
 from imgcls import cli
+from imgcls.data.types import DataError
 from tests.conftest import write_class_tree
 
 
@@ -128,7 +129,7 @@ def test_training_stops_on_leakage_unless_told_otherwise(planted: Path, tmp_path
     for split in ("train", "test"):
         write_class_tree(clean / split, per_class=6, seed=1, classes=("a", "b"))  # same seed: same files
     with pytest.raises(
-        imgcls.api.DataError, match=r"(?s)identical images .* in two splits.*--set data.check=off"
+        DataError, match=r"(?s)identical images .* in two splits.*--set data.check=off"
     ):
         imgcls.train(
             data=str(clean),

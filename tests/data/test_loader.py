@@ -295,7 +295,7 @@ def test_normalization_is_the_same_streamed_or_in_ram(image_tree: Path):
     for cache in ("ram", "off"):
         cfg = imgcls.make_config(data=str(image_tree), model="tutorial-cnn",
                                  overrides={"data.cache": cache, "data.image_size": 16})  # fmt: skip
-        _, _, bundle, model = imgcls.api._model_and_data(cfg)
+        _, _, bundle, model = imgcls.api.training.model_and_data(cfg)
         assert (bundle.train.images is not None) == (cache == "ram")
         norms[cache] = (model.meta.mean, model.meta.std)
     assert norms["ram"] == norms["off"]

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import imgcls
-from imgcls.api import run_length, size_to_run
+from imgcls.api.planning import run_length, size_to_run
 from imgcls.config import ConfigError, load, parse_duration
 from imgcls.engine.state import read_state
 from imgcls.engine.train import Plan
@@ -86,7 +86,7 @@ def test_flip_tta_averages_image_and_mirror():
 
 
 def test_unset_epochs_give_a_small_dataset_enough_steps():
-    from imgcls.api import resolve_epochs
+    from imgcls.api.planning import resolve_epochs
 
     cfg = load(None, {"data.batch_size": 8})
     assert cfg.train.epochs is None

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 import imgcls
+from imgcls.api.planning import resolve_recipe
 from imgcls.models import default_scratch_lr
 from tests.conftest import write_class_tree
 
@@ -32,9 +33,9 @@ def test_the_larger_colour_folder_is_learnt_for_every_seed(model: str, tmp_path:
 
 def test_the_posts_net_carries_its_own_learning_rate(tmp_path: Path):
     assert default_scratch_lr("tutorial-cnn") == 0.05 and default_scratch_lr("smallnet") is None
-    cfg = imgcls.api.resolve_recipe(imgcls.make_config(model="tutorial-cnn"))
+    cfg = resolve_recipe(imgcls.make_config(model="tutorial-cnn"))
     assert cfg.optim.lr == 0.05 and cfg.optim.name == "sgd"
-    assert imgcls.api.resolve_recipe(imgcls.make_config(model="tutorial-cnn", lr=0.2)).optim.lr == 0.2
+    assert resolve_recipe(imgcls.make_config(model="tutorial-cnn", lr=0.2)).optim.lr == 0.2
 
 
 def test_an_exploding_loss_is_reported(tmp_path: Path, caplog):

@@ -1,0 +1,62 @@
+"""`imgcls.check_data`: the data doctor on any source imgcls reads, as JSON and as a page with thumbnails."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from imgcls.api.planning import make_config
+from imgcls.data.datasets import open_dataset
+from imgcls.data.decode import ImageDecodeError, open_image
+from imgcls.data.doctor import check
+from imgcls.data.types import DataBundle
+from imgcls.reporting import render_data_html, thumbnail_uri
+from imgcls.utils.io import write_json, write_text
+
+
+def check_data(
+    data: str, *, out: str | Path | None = "data-check.json", config: str | Path | None = None,
+    overrides: dict[str, Any] | None = None, near: bool = True, html: str | Path | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """The data doctor on a folder, CSV manifest or built-in; writes the JSON report to `out` (and a page
+    with thumbnails to `html`).
+
+    Example:
+        >>> imgcls.check_data("my_folder")["ok"]                                     # doctest: +SKIP
+    """
+    cfg = make_config(config, overrides, data=data)
+    bundle = open_dataset(cfg.data)
+    report = check(bundle, near=near).to_dict()
+    if out:
+        write_json(out, report)
+    if html:
+        write_text(html, render_data_html(report, _finding_thumbnails(report, bundle)))
+    return report
+
+
+def _finding_thumbnails(report: dict[str, Any], bundle: DataBundle) -> dict[str, str]:
+    """Thumbnails of the images the findings list (the first 24 of each), keyed by path."""
+    tensors = {f"{name}[{i}]": (getattr(bundle, name), i) for name in ("train", "val", "test")
+               if getattr(bundle, name) is not None and getattr(bundle, name).images is not None
+               for i in range(len(getattr(bundle, name)))}  # fmt: skip
+    wanted = set()
+    for finding in report["findings"]:
+        for item in finding["items"][:24]:
+            for path in item if isinstance(item, list) else [item]:
+                wanted.add(
+                    str(path).split(": ", 1)[1]
+                    if str(path).startswith(("train: ", "val: ", "test: "))
+                    else str(path)
+                )
+    thumbs = {}
+    for path in wanted:
+        if path in tensors:
+            split, i = tensors[path]
+            thumbs[path] = thumbnail_uri(split.images[i].permute(1, 2, 0).numpy(), side=48)
+        elif Path(path).is_file():
+            with contextlib.suppress(ImageDecodeError):
+                thumbs[path] = thumbnail_uri(np.asarray(open_image(path, 3)), side=48)
+    return thumbs

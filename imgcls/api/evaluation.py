@@ -1,0 +1,197 @@
+"""`imgcls.evaluate` and `imgcls.report`: a run's model measured on a split, and the files a person reads."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from imgcls.api.runs import run_config
+from imgcls.config import Config, DataConfig
+from imgcls.data.datasets import open_dataset
+from imgcls.data.decode import ImageDecodeError, open_image
+from imgcls.data.loader import build_loader, prepare
+from imgcls.data.types import DataError, Split
+from imgcls.engine.calibrate import fit_temperature
+from imgcls.engine.evaluate import predict_split
+from imgcls.inference.predict import Predictor
+from imgcls.metrics import calibration, evaluation_report
+from imgcls.models import Classifier
+from imgcls.models.checkpoint import update_meta
+from imgcls.reporting import markdown_summary, plot_confusion, print_table, render_html, thumbnail_uri
+from imgcls.utils import dist, run_files
+from imgcls.utils.env import autocast_dtype, select_device, versions
+from imgcls.utils.io import write_json, write_text
+
+log = logging.getLogger("imgcls")
+
+
+def evaluate(
+    run_dir: str | Path, data: str | None = None, split: str = "test", *, batch_size: int | None = None,
+    device: str = "auto", show: bool = True, tta: str | None = None, calibrate: bool = False,
+) -> dict[str, Any]:  # fmt: skip
+    """Evaluates a run's best model on a split of `data` (default: the data it was trained on).
+
+    Writes eval.json (test split) or eval-<split>.json, report.md, report.html and the confusion-matrix
+    PNG into the run folder. `tta="flip"|"off"` evaluates with/without mirrored test-time augmentation and
+    reports both; `calibrate` fits temperature scaling on the validation split, stores the temperature
+    with the model (model.json) and reports the calibration error before and after.
+    Under torchrun each process evaluates a contiguous shard and rank 0 writes the gathered result.
+
+    Example:
+        >>> imgcls.evaluate("runs/my-run", split="test", calibrate=True)["ece"]     # doctest: +SKIP
+    """
+    run_dir = Path(run_dir)
+    torch_device = select_device(device, local_rank=dist.local_rank())
+    dist.init(torch_device)
+    predictor = Predictor.from_run(run_dir, device=str(torch_device))
+    cfg = run_config(run_dir, data)
+    data_cfg = replace(
+        cfg.data, name=data or cfg.data.name, cache="auto" if cfg.data.cache == "off" else cfg.data.cache
+    )
+    if batch_size:
+        data_cfg = replace(data_cfg, eval_batch_size=batch_size)
+    meta = predictor.meta
+    with dist.main_first():
+        bundle = open_dataset(data_cfg).with_classes(meta.classes)
+        bundle = prepare(bundle, data_cfg, meta.input_size, meta.in_chans)
+
+    def logits_of(name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        return _logits(predictor, bundle.split(name), data_cfg, cfg)
+
+    extra: dict[str, Any] = {}
+    if tta is not None:  # both ways, so the report shows what the augmentation is worth
+        extra["tta"] = _tta_accuracies(predictor, lambda: logits_of(split))
+        meta.tta = tta
+    if calibrate:
+        meta.temperature = 1.0  # the logits to fit on are the raw ones
+        extra |= _calibrate(predictor, logits_of("val"), logits_of(split))
+    if dist.is_main() and (calibrate or tta is not None):
+        update_meta(run_dir, {"tta": meta.tta, **({"temperature": meta.temperature} if calibrate else {})})
+    result = evaluate_and_write(predictor.model, None, meta.classes, run_dir, split, cfg, data=bundle.split(split),
+                                logits_labels=logits_of(split), extra=extra)  # fmt: skip
+    if show and dist.is_main():
+        print_table(result, f"{run_dir.name}: {split} split of {data_cfg.name}")
+    return result
+
+
+def _logits(predictor: Predictor, split: Split, data_cfg: DataConfig, cfg: Config) -> tuple[torch.Tensor, torch.Tensor]:
+    meta = predictor.meta
+    loader = build_loader(split, data_cfg, size=meta.input_size, channels=meta.in_chans, device=predictor.device,
+                          train=False, rank=dist.rank(), world=dist.world_size())  # fmt: skip
+    return predict_split(predictor.model, loader, amp_dtype=autocast_dtype(predictor.device, cfg.train.amp))
+
+
+def _tta_accuracies(predictor: Predictor, logits_labels) -> dict[str, float]:
+    accuracies = {}
+    for mode in ("off", "flip"):
+        predictor.meta.tta = mode
+        logits, labels = logits_labels()
+        accuracies[mode] = round(float((logits.argmax(1) == labels).float().mean()), 6)
+    return accuracies
+
+
+def _calibrate(predictor: Predictor, val: tuple, evaluated: tuple) -> dict[str, Any]:
+    """Temperature scaling fitted on the validation logits; the calibration before and after on `evaluated`."""
+    temperature = fit_temperature(*val)
+    raw_logits, labels = evaluated
+    before = calibration(raw_logits.softmax(1), labels)
+    after = calibration((raw_logits / temperature).softmax(1), labels)
+    predictor.meta.temperature = temperature
+    log.info("temperature %.3f fitted on the validation split: ECE %.4f -> %.4f", temperature, before["ece"],
+             after["ece"])  # fmt: skip
+    # The report's main calibration is the one before scaling, shown against the one after.
+    return {"temperature": temperature, "calibration_before": before, "calibration_after": after,
+            "calibration": before, "ece": after["ece"]}  # fmt: skip
+
+
+def evaluate_and_write(
+    model: Classifier, loader, classes: list[str], run_dir: Path, split: str, cfg: Config,
+    data: Split | None = None, logits_labels: tuple[torch.Tensor, torch.Tensor] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """Metrics of `model` on a split (or of given logits), written as eval.json, report.md and report.html."""
+    if logits_labels is None:
+        amp_dtype = autocast_dtype(next(model.parameters()).device, cfg.train.amp)
+        logits_labels = predict_split(model, loader, amp_dtype=amp_dtype, channels_last=cfg.train.channels_last)
+    logits, labels = logits_labels
+    if not len(labels):
+        raise DataError(f"the {split} split has no usable images")
+    result = {"split": split, "data": cfg.data.name, "model": model.meta.name}
+    result |= evaluation_report(logits, labels, classes) | (extra or {})
+    if not dist.is_main():
+        return result
+    result["meta"] = _provenance(model, cfg, run_dir)
+    if data is not None:
+        _add_gallery_images(result, data, split, model.meta.in_chans)
+    _write_reports(result, classes, run_dir, split, f"{model.meta.name} on {cfg.data.name} ({split} split)")
+    top5 = f", top-5 {result['top5_accuracy']:.4f}" if "top5_accuracy" in result else ""
+    log.info("%s accuracy %.4f (%d images)%s; report: %s", split, result["accuracy"], result["num_samples"], top5,
+             run_dir / run_files.report_html(split))  # fmt: skip
+    return result
+
+
+def _add_gallery_images(result: dict[str, Any], data: Split, split: str, channels: int) -> None:
+    """Each sample the report shows (mistakes, confident ones) gets its path and a thumbnail."""
+    for rows in result["samples"].values():
+        for row in rows:
+            row["path"] = str(data.paths[row["index"]]) if data.paths else f"{split}[{row['index']}]"
+            row["thumbnail"] = thumbnail_uri(_pixels(data, row["index"], channels))
+
+
+def _write_reports(result: dict[str, Any], classes: list[str], run_dir: Path, split: str, title: str) -> None:
+    write_json(run_dir / run_files.eval_json(split), result)
+    plot_confusion(result["confusion_matrix"], classes, run_dir / run_files.confusion_png(split),
+                   f"{split} split: confusion (row-normalized)")  # fmt: skip
+    write_text(run_dir / run_files.report_md(split), markdown_summary(result, title, split))
+    write_text(run_dir / run_files.report_html(split), render_html(result, _history(run_dir)))
+
+
+def report(run_dir: str | Path, split: str = "test") -> Path:
+    """Re-renders report.html from the run's eval.json and metrics.csv (no model, no data needed).
+
+    Example:
+        >>> imgcls.report("runs/my-run")                                             # doctest: +SKIP
+    """
+    run_dir = Path(run_dir)
+    path = run_dir / run_files.eval_json(split)
+    try:
+        result = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(f"{run_dir} has no {path.name}; run: imgcls eval {run_dir}") from None
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path} is corrupt: {e}") from None
+    out = run_dir / run_files.report_html(split)
+    write_text(out, render_html(result, _history(run_dir)))
+    return out
+
+
+def _provenance(model: Classifier, cfg: Config, run_dir: Path) -> dict[str, Any]:
+    v = versions()
+    return {"model": model.meta.name, "dataset": cfg.data.name, "checkpoint": str(run_dir / run_files.WEIGHTS),
+            "date": time.strftime("%Y-%m-%d %H:%M"), "imgcls": v["imgcls"], "torch": v["torch"]}  # fmt: skip
+
+
+def _history(run_dir: Path) -> list[dict[str, float]]:
+    path = run_dir / run_files.METRICS
+    if not path.is_file():
+        return []
+    with open(path, newline="", encoding="utf-8") as f:
+        return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(f)]
+
+
+def _pixels(data: Split, index: int, channels: int) -> np.ndarray:
+    """One image of a split as an (H, W, C) uint8 array, for the report's gallery."""
+    if data.images is not None:
+        return data.images[index].permute(1, 2, 0).numpy()
+    try:
+        return np.asarray(open_image(data.paths[index], channels))
+    except ImageDecodeError:
+        return np.zeros((8, 8), dtype=np.uint8)

@@ -1,0 +1,295 @@
+"""`imgcls.train` and `imgcls.lr_find`: data and model set up from a planned config, then the loop."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from imgcls import config as config_lib
+from imgcls.api.evaluation import evaluate_and_write
+from imgcls.api.planning import make_config, plan_run, time_plan
+from imgcls.api.runs import resolve_config, shared_run_dir, stem
+from imgcls.config import Config
+from imgcls.data.datasets import open_dataset
+from imgcls.data.doctor import leakage
+from imgcls.data.loader import build_loader, channel_stats, class_weights, prepare
+from imgcls.data.types import DataBundle, DataError
+from imgcls.engine.callbacks import CSVLogger, EarlyStopping, ProgressLogger, TensorBoardLogger, Unfreeze
+from imgcls.engine.lr_find import lr_range_test
+from imgcls.engine.state import TrainState
+from imgcls.engine.train import Plan, fit, head_phase, new_state
+from imgcls.models import Classifier, build_model
+from imgcls.models.checkpoint import load_weights
+from imgcls.models.transfer import NUM_GROUPS
+from imgcls.reporting import data_report_text, plot_curves, plot_lr_find
+from imgcls.utils import dist, run_files
+from imgcls.utils.env import (
+    autocast_dtype,
+    process_age,
+    seed_everything,
+    select_device,
+    set_deterministic,
+    set_threads,
+)
+from imgcls.utils.io import new_run_dir, write_json
+
+log = logging.getLogger("imgcls")
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    test: dict[str, Any] | None  # the test-split evaluation, where the data has a test split
+    history: list[dict[str, float]]
+    elapsed_s: float
+
+
+def train(
+    cfg: Config | None = None, *, config: str | Path | None = None, resume: str | Path | None = None,
+    overrides: dict[str, Any] | None = None, callbacks: Sequence[Any] = (), count_startup: bool = False,
+    overwrite: bool = False, **shorthands: Any,
+) -> TrainResult:  # fmt: skip
+    """Trains a model, saves the run folder and evaluates it on the test split.
+
+    Args:
+        cfg: a full Config; or build one from `config` (YAML), `overrides` and shorthands.
+        resume: a run folder to continue from its last checkpoint (its config.yaml is the base).
+        callbacks: extra callbacks (see imgcls.engine.callbacks) besides the progress and CSV loggers.
+        count_startup: a time budget also covers the process's start-up (the CLI sets this).
+        overwrite: an existing run folder at `out` is emptied first (else a non-empty `out` is refused).
+
+    Example:
+        >>> result = imgcls.train(data="digits", model="tutorial-cnn", epochs=3)     # doctest: +SKIP
+        >>> result.test["accuracy"]                                                  # doctest: +SKIP
+    """
+    start = time.perf_counter() - (process_age() if count_startup else 0.0)
+    cfg = resolve_config(cfg, config, resume, overrides, shorthands)
+    cfg, device, bundle, model = model_and_data(cfg)
+    launch = launch_record(cfg)
+    # The folder is made once the data and model are known good: a failed start leaves none behind.
+    run_dir = shared_run_dir(cfg, resume is not None, overwrite)
+    cfg = cfg.replace({"out": str(run_dir)})
+    _save_config(cfg, launch)
+    _log_start(cfg, bundle, model, device, launch)
+
+    loader_args = loader_settings(cfg, bundle, device)
+    train_loader = build_loader(bundle.train, cfg.data, train=True, num_classes=len(bundle.classes), **loader_args)
+    # A time-budgeted run validates once at its end; with a test split that pass selects nothing: skip it.
+    validate = bundle.val is not None and not (cfg.train.time and bundle.test is not None)
+    val_loader = build_loader(bundle.val, cfg.data, train=False, **loader_args) if validate else None
+    if cfg.optim.lr == "auto":  # the one setting decided by training itself: saved again once known
+        cfg = cfg.replace({"optim.lr": _find_lr(cfg, model, train_loader, run_dir)})
+        _save_config(cfg, launch)
+    state = new_state(model, cfg, timed=cfg.train.time is not None)
+    eval_splits = [s for s in (bundle.val if validate else None, bundle.test) if s is not None]
+    plan = time_plan(cfg, start, model, len(train_loader), eval_splits)
+    if resume is not None:
+        state.load(run_dir / run_files.STATE)
+        log.info("resumed %s after epoch %d", run_dir, state.epoch)
+    weights = _class_weights(cfg, bundle, device)
+    callbacks = [*recipe_callbacks(cfg), *callbacks]
+    state = _fit_logged(cfg, state, plan, train_loader, val_loader, callbacks, weights)
+
+    test = None
+    if bundle.test is not None:
+        if dist.is_main():  # evaluate the best checkpoint, as `imgcls eval` would
+            load_weights(model, run_dir / run_files.WEIGHTS)
+        dist.broadcast_module(model)  # other ranks (maybe on other machines) get rank 0's weights
+        test_loader = build_loader(bundle.test, cfg.data, train=False, **loader_args)
+        test = evaluate_and_write(model, test_loader, bundle.classes, run_dir, "test", cfg, data=bundle.test)
+    elapsed = time.perf_counter() - start
+    log.info("done in %.1fs: %s", elapsed, run_dir)
+    return TrainResult(run_dir, test, state.history, elapsed)
+
+
+def lr_find(
+    *, config: str | Path | None = None, overrides: dict[str, Any] | None = None, out: str | Path | None = None,
+    **shorthands: Any,
+) -> dict[str, Any]:  # fmt: skip
+    """The LR range test for a data/model/recipe; saves lr_find.png + lr_find.json and returns the result.
+
+    Example:
+        >>> imgcls.lr_find(data="digits", model="smallnet")["suggestion"]            # doctest: +SKIP
+    """
+    cfg = make_config(config, {**(overrides or {}), "optim.lr": 1.0}, **shorthands)
+    cfg, device, bundle, model = model_and_data(cfg)
+    settings = loader_settings(cfg, bundle, device)
+    loader = build_loader(bundle.train, cfg.data, train=True, num_classes=len(bundle.classes), **settings)
+    result = dist.broadcast_object(lr_range_test(model, loader, cfg))
+    out_dir = Path(out) if out else new_run_dir("runs", f"lr-find-{stem(cfg.data.name)}-{stem(cfg.model.name)}")
+    result |= {"recipe": cfg.train.recipe, "optimizer": cfg.optim.name}
+    if dist.is_main():
+        out_dir.mkdir(parents=True, exist_ok=True)
+        plot_lr_find(result, out_dir / run_files.LR_FIND_PLOT)
+        write_json(out_dir / run_files.LR_FIND_JSON, result)
+    return {**result, "out": str(out_dir)}
+
+
+def model_and_data(cfg: Config) -> tuple[Config, torch.device, DataBundle, Classifier]:
+    """Device, the data opened and checked, the planned config, the data prepared, and a new model."""
+    device = setup(cfg)
+    with dist.main_first():  # rank 0 fills the dataset caches; the others then read them
+        bundle = open_checked(cfg)
+        cfg = plan_run(cfg, bundle)
+        size, channels = cfg.data.image_size, cfg.data.channels
+        prepared = prepare(bundle, cfg.data, size, channels)
+        stats = channel_stats(bundle.train, prepared.train, size, channels)
+    model = new_model(cfg, prepared.classes, stats).to(device)
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    torch.manual_seed(cfg.train.seed + dist.rank())  # same initial weights everywhere; own dropout per rank
+    return cfg, device, prepared, model
+
+
+def open_checked(cfg: Config) -> DataBundle:
+    """The dataset opened (nothing decoded yet); on user files, leakage between splits stops the run."""
+    bundle = open_dataset(cfg.data)
+    if cfg.data.check and bundle.train.images is None:  # built-ins are curated
+        problems = leakage(bundle)
+        if problems:
+            report = {"dataset": bundle.name, "num_images": 0, "seconds": 0, "class_counts": {}, "stats": {},
+                      "findings": [asdict(f) for f in problems]}  # fmt: skip
+            raise DataError(
+                f"the data check found problems that would spoil this run:\n{data_report_text(report)}\n"
+                f"full report: imgcls data check {cfg.data.name}; train anyway: --set data.check=off"
+            )
+    return bundle
+
+
+def new_model(cfg: Config, classes: list[str], stats: tuple) -> Classifier:
+    """The planned architecture for these classes, with the run's TTA and normalization in its meta."""
+    arch: dict[str, Any] = {"width": cfg.model.width} if cfg.model.width is not None else {}
+    if cfg.model.small_stem:
+        arch["small_stem"] = True
+    model = build_model(
+        cfg.model.name, num_classes=len(classes), in_chans=cfg.data.channels, input_size=cfg.data.image_size,
+        pretrained=cfg.model.pretrained, weights=cfg.model.weights, drop_rate=cfg.model.drop_rate, **arch,
+    )  # fmt: skip
+    model.meta.classes = list(classes)
+    model.meta.tta = cfg.train.tta
+    # Pretrained features expect the normalization they were learnt with; from scratch, the data's own.
+    if not (cfg.model.pretrained or cfg.model.weights):
+        model.set_normalization(*stats)
+    return model
+
+
+def loader_settings(cfg: Config, bundle: DataBundle, device: torch.device) -> dict[str, Any]:
+    return {
+        "size": cfg.data.image_size,
+        "channels": cfg.data.channels,
+        "device": device,
+        "flip": bundle.flip_ok,
+        "seed": cfg.train.seed,
+        "rank": dist.rank(),
+        "world": dist.world_size(),
+    }
+
+
+def setup(cfg: Config) -> torch.device:
+    """Threads, determinism, seeds, the device and, under torchrun, the process group."""
+    set_threads(cfg.train.threads)
+    set_deterministic(cfg.train.deterministic)
+    seed_everything(cfg.train.seed)
+    device = select_device(cfg.train.device, local_rank=dist.local_rank())
+    autocast_dtype(device, cfg.train.amp)  # fail now, not after loading data, on an impossible amp setting
+    dist.init(device)
+    return device
+
+
+def launch_record(cfg: Config) -> dict[str, Any] | None:
+    """World size and batch sizes of a distributed run, checked, for the log and config.yaml."""
+    world = dist.world_size()
+    if world == 1:
+        return None
+    if cfg.data.batch_size % world:
+        raise config_lib.ConfigError(
+            f"data.batch_size={cfg.data.batch_size} is the global batch and must divide among {world} processes"
+        )
+    return {
+        "world_size": world,
+        "backend": dist.backend(),
+        "global_batch_size": cfg.data.batch_size,
+        "batch_size_per_rank": cfg.data.batch_size // world,
+        # The batch (and so the lr) is defined globally: the same config trains the same way on any world size.
+        "lr_scaling": "none (data.batch_size and optim.lr are global)",
+        "lr": cfg.optim.lr,
+    }
+
+
+def recipe_callbacks(cfg: Config) -> list[Any]:
+    """Fine-tuning's unfreezing and early stopping, as the config asks."""
+    callbacks: list[Any] = []
+    if cfg.train.recipe == "finetune":
+        freeze = cfg.model.freeze
+        keep = NUM_GROUPS if freeze == "backbone" else int(freeze) if freeze.isdigit() else 0
+        callbacks.append(Unfreeze(head_phase(cfg, cfg.train.time is not None), keep))
+    if cfg.train.patience:
+        callbacks.append(EarlyStopping(cfg.train.patience))
+    return callbacks
+
+
+def _save_config(cfg: Config, launch: dict[str, Any] | None) -> None:
+    if dist.is_main():
+        config_lib.save(cfg, Path(cfg.out) / run_files.CONFIG, launch)
+
+
+def _log_start(cfg: Config, bundle: DataBundle, model: Classifier, device: torch.device, launch) -> None:
+    size, channels = cfg.data.image_size, cfg.data.channels
+    log.info("run folder %s: %s on %s (%d classes, %dx%dx%d, %d train / %s val images) on %s",
+             cfg.out, cfg.model.name, cfg.data.name, len(bundle.classes), channels, size, size,
+             len(bundle.train), len(bundle.val) if bundle.val else 0, device)  # fmt: skip
+    if launch:
+        log.info("distributed: %s", ", ".join(f"{k}={v}" for k, v in launch.items()))
+
+
+def _class_weights(cfg: Config, bundle: DataBundle, device: torch.device) -> torch.Tensor | None:
+    if cfg.train.class_weights != "auto":
+        return None
+    weights = class_weights(bundle.train.labels, len(bundle.classes)).to(device)
+    log.info("class weights: %s", ", ".join(f"{c} {w:.2f}" for c, w in zip(bundle.classes, weights.tolist())))
+    return weights
+
+
+def _fit_logged(
+    cfg: Config, state: TrainState, plan: Plan, train_loader, val_loader, callbacks: Sequence[Any],
+    class_weights: torch.Tensor | None = None,
+) -> TrainState:  # fmt: skip
+    """`fit` with the standard loggers, a resume hint on Ctrl-C, and the curves plot at the end."""
+    run_dir = Path(cfg.out)
+    progress = ProgressLogger(cfg.log.progress)
+    loggers: list[Any] = []
+    if dist.is_main():  # the other ranks see the same (reduced) metrics: one writer is enough
+        loggers += [progress, CSVLogger(run_dir / run_files.METRICS)]
+        if cfg.log.tensorboard:
+            loggers.append(TensorBoardLogger(run_dir / run_files.TENSORBOARD))
+    try:
+        state = fit(cfg, state, plan, train_loader, val_loader, run_dir, [*loggers, *callbacks], class_weights)
+    except KeyboardInterrupt:
+        progress.close()  # the live bar holds back what is logged while it runs: end it first
+        if (run_dir / run_files.STATE).is_file():
+            log.warning("interrupted in epoch %d; continue with: imgcls train --resume %s", state.epoch + 1, run_dir)
+        else:
+            log.warning("interrupted before the first checkpoint; nothing to resume in %s", run_dir)
+        raise
+    finally:
+        progress.close()
+    if state.history and dist.is_main():
+        plot_curves(state.history, run_dir / run_files.CURVES)
+    return state
+
+
+def _find_lr(cfg: Config, model: Classifier, train_loader, run_dir: Path) -> float:
+    """`optim.lr=auto`: the LR range test's suggestion, with its plot saved in the run folder."""
+    result = dist.broadcast_object(lr_range_test(model, train_loader, cfg))  # every rank uses rank 0's
+    if dist.is_main():
+        plot_lr_find(result, run_dir / run_files.LR_FIND_PLOT)
+        write_json(run_dir / run_files.LR_FIND_JSON, result)
+    log.info("optim.lr=auto: the LR range test suggests %.3g (plot: %s)", result["suggestion"],
+             run_dir / run_files.LR_FIND_PLOT)  # fmt: skip
+    return float(result["suggestion"])

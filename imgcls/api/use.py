@@ -1,0 +1,185 @@
+"""Using a trained run: `load`, `predict`, `export` (checked against predict) and `serve`."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from imgcls import config as config_lib
+from imgcls.api.runs import run_config
+from imgcls.data.datasets import open_dataset
+from imgcls.data.types import DataBundle, DataError
+from imgcls.inference import samples
+from imgcls.inference.export import ExportResult, quantize_int8
+from imgcls.inference.export import export as export_model
+from imgcls.inference.predict import ArtifactPredictor, PredictionWriter, Predictor, inputs_with_labels
+from imgcls.models import ModelMeta
+from imgcls.models.checkpoint import CheckpointError
+from imgcls.utils import run_files
+from imgcls.utils.progress import progress_bar
+
+log = logging.getLogger("imgcls")
+
+
+def load(run_dir: str | Path, device: str = "auto") -> Predictor:
+    """The trained model of a run folder, ready to predict on paths, PIL images or tensors.
+
+    Example:
+        >>> imgcls.load("runs/my-run").predict(["cat.jpg"])[0]["label"]              # doctest: +SKIP
+    """
+    return Predictor.from_run(run_dir, device=device)
+
+
+def predict(
+    run_dir: str | Path, inputs: Sequence[str | Path], *, out: str | Path | None = None, top_k: int = 5,
+    device: str = "auto", batch_size: int = 256, on_prediction: Callable[[dict], None] | None = None,
+    backend: str = "torch",
+) -> dict[str, Any]:  # fmt: skip
+    """Classifies files, folders (recursive), globs and CSV manifests in batches (decoding in threads).
+
+    `backend`: torch (the run folder), or onnx/torchscript (its exported artifact, or an artifact path).
+    Writes `out` (.csv or .jsonl) as it goes; calls `on_prediction(pred)` per image (the CLI prints);
+    returns counts, the skipped files and, where true labels are known (class folders, a CSV label
+    column), the accuracy.
+
+    Example:
+        >>> imgcls.predict("runs/my-run", ["photos/"], out="predictions.csv")["count"]   # doctest: +SKIP
+    """
+    predictor = _predictor(run_dir, device, backend)
+    files, labels, skipped = inputs_with_labels(inputs, predictor.classes)
+    writer = PredictionWriter(out) if out else None
+    count = correct = labelled = 0
+    try:
+        with progress_bar(len(files), "predicting") as advance:
+            for preds, bad in predictor.predict_stream(files, top_k=top_k, batch_size=batch_size):
+                skipped += bad
+                for pred in preds:
+                    truth = labels.get(Path(pred["path"]))
+                    if writer:
+                        writer.write(pred, truth)
+                    if on_prediction:
+                        on_prediction(pred)
+                    count += 1
+                    if truth is not None:
+                        labelled += 1
+                        correct += pred["label"] == truth
+                advance(len(preds) + len(bad))
+    finally:
+        if writer:
+            writer.close()
+    if skipped:
+        log.warning("skipped %d path(s):\n%s", len(skipped), "\n".join(f"  {p}: {why}" for p, why in skipped))
+    summary = {"count": count, "skipped": skipped, "labelled": labelled}
+    if labelled:
+        summary["accuracy"] = round(correct / labelled, 6)
+        log.info("accuracy %.4f on %d labelled images", summary["accuracy"], labelled)
+    return summary
+
+
+def _predictor(run_dir: str | Path, device: str, backend: str) -> Predictor:
+    """PyTorch from the run folder, or the exported artifact (`imgcls export`) for onnx/torchscript."""
+    if backend == "torch":
+        return Predictor.from_run(run_dir, device=device)
+    path = Path(run_dir)
+    if path.is_dir():
+        path = path / run_files.EXPORTS[backend]
+    if not path.is_file():
+        raise config_lib.ConfigError(f"no exported model at {path}; run: imgcls export {run_dir} --format {backend}")
+    return ArtifactPredictor(path)
+
+
+def export(
+    run_dir: str | Path, fmt: str = "onnx", *, out: str | Path | None = None, layout: str = "nhwc",
+    check_limit: int = 500, check_images: str | Path | None = None, int8: bool = False,
+) -> ExportResult:  # fmt: skip
+    """Exports a run's model with its preprocessing in the graph and checks it against `imgcls predict`.
+
+    The check feeds the artifact raw images of many shapes: up to `check_limit` images of `check_images`
+    (a folder), else of the run's validation split (else test, else train) resized to photo-like shapes,
+    else, when the run's data is gone, synthetic images (said in the log and in `result.check_source`);
+    always also a 4000x3000, a tiny and two extreme-aspect images. Raises ExportError on disagreement.
+    `int8` needs the run's data: its training images calibrate the quantization.
+
+    Example:
+        >>> imgcls.export("runs/my-run", "onnx").agreement                           # doctest: +SKIP
+        1.0
+    """
+    run_dir = Path(run_dir)
+    if int8 and fmt != "onnx":
+        raise config_lib.ConfigError("--int8 needs --format onnx (onnxruntime static quantization)")
+    predictor = Predictor.from_run(run_dir, device="cpu")
+    meta = predictor.meta
+    bundle = _run_data(run_dir, meta.classes)
+    images, source = _check_images(check_images, check_limit, bundle, meta)
+    out = Path(out) if out else run_dir / run_files.EXPORTS[fmt]
+    result = export_model(predictor.model, out, fmt, layout, [*images, *samples.extremes(meta.in_chans)])
+    result.check_source = source
+    if int8:
+        result.int8 = _quantize(out, bundle, meta, layout, check_limit)
+    log.info("exported %s: top-1 agreement with PyTorch %.4f%%, max probability difference %.2e on %d images (%s)",
+             out, 100 * result.agreement, result.max_prob_diff, result.checked, source)  # fmt: skip
+    return result
+
+
+def _check_images(folder: str | Path | None, limit: int, bundle: DataBundle | None, meta: ModelMeta) -> tuple[list, str]:
+    """The raw images an export is checked on, and where they come from (in words)."""
+    if folder is not None:
+        images = samples.folder_sample(folder, limit, meta.in_chans)
+        if not images:
+            raise DataError(f"--check-images {folder}: no readable images there")
+        return images, str(folder)
+    if bundle is not None:
+        split_name = next(s for s in ("val", "test", "train") if getattr(bundle, s) is not None)
+        images, _ = samples.split_sample(bundle.split(split_name), limit, meta.in_chans)
+        return images, f"{split_name} split of {bundle.name}"
+    log.warning("the run's data is not available: the export is checked on synthetic images only; "
+                "pass --check-images DIR to check it on real ones")  # fmt: skip
+    return samples.synthetic(meta.in_chans), "synthetic images only"
+
+
+def _run_data(run_dir: Path, classes: list[str]) -> DataBundle | None:
+    """The run's dataset (file lists or built-in tensors, nothing decoded), or None where it is gone."""
+    try:
+        cfg = run_config(run_dir)
+        return open_dataset(replace(cfg.data, strict=False)).with_classes(classes)
+    except (DataError, CheckpointError, config_lib.ConfigError) as e:
+        log.info("run data unavailable: %s", e)
+        return None
+
+
+def _quantize(out: Path, bundle: DataBundle | None, meta: ModelMeta, layout: str, limit: int) -> dict[str, Any]:
+    """int8 calibrated on a sample of training images, its accuracy measured on held-out ones."""
+    if bundle is None:
+        raise DataError("--int8 calibrates on the run's training images, which are not available here")
+    held_out = bundle.val or bundle.test or bundle.train
+    calibration, _ = samples.split_sample(bundle.train, 512, meta.in_chans, seed=1)
+    check, labels = samples.split_sample(held_out, limit, meta.in_chans)
+    q = quantize_int8(out, out.with_suffix(".int8.onnx"), samples.squares(calibration, meta.input_size),
+                      samples.squares(check, meta.input_size), labels, layout)  # fmt: skip
+    log.info("int8: accuracy %.4f -> %.4f, top-1 agreement %.4f, %s -> %s images/s (%.2fx)", q["accuracy_fp32"],
+             q["accuracy_int8"], q["top1_agreement"], q["images_per_s_fp32"], q["images_per_s_int8"], q["speedup"])  # fmt: skip
+    return q
+
+
+def serve(
+    run_dir: str | Path, *, host: str = "127.0.0.1", port: int = 8000, device: str = "auto",
+    batch_window_ms: float = 5.0, max_bytes: int = 10 << 20,
+) -> None:  # fmt: skip
+    """Serves a run's model over HTTP (FastAPI + uvicorn) until interrupted; loopback only by default.
+
+    Example:
+        >>> imgcls.serve("runs/my-run", port=8000)                                   # doctest: +SKIP
+    """
+    import uvicorn
+
+    from imgcls.inference.serve import ServeConfig, create_app
+
+    app = create_app(
+        Predictor.from_run(run_dir, device=device),
+        ServeConfig(max_bytes=max_bytes, batch_window_ms=batch_window_ms),
+    )
+    log.info("serving %s on http://%s:%d (page: /, API docs: /docs)", run_dir, host, port)
+    uvicorn.run(app, host=host, port=port, log_level="warning")
