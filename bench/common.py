@@ -10,6 +10,8 @@ from pathlib import Path
 
 import torch
 
+from imgcls.utils.env import available_cores
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -24,7 +26,7 @@ def machine() -> dict:
         pass
     return {
         "cpu": cpu,
-        "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "cores": available_cores(),
         "threads": torch.get_num_threads(),
         "load_avg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         "torch": str(torch.__version__),

@@ -6,9 +6,7 @@ Never touches a model: its inputs are the history rows and the evaluation dict.
 from __future__ import annotations
 
 import base64
-import html
 import io
-import json
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +16,9 @@ matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from imgcls.data.doctor import Record  # noqa: E402
 from imgcls.utils import run_files  # noqa: E402
+from imgcls.utils.templates import render  # noqa: E402
 
 
 def plot_curves(history: list[dict[str, float]], path: str | Path) -> None:
@@ -48,25 +48,7 @@ def plot_lr_find(result: dict[str, Any], path: str | Path) -> None:
 
 def plot_confusion(matrix: list[list[int]], classes: list[str], path: str | Path, title: str = "") -> None:
     """Row-normalized confusion matrix, with counts written in the cells for up to 20 classes."""
-    counts = np.asarray(matrix)
-    rows = counts.sum(1, keepdims=True)
-    norm = np.divide(counts, rows, out=np.zeros(counts.shape, dtype=float), where=rows > 0)
-    n = len(classes)
-    side = min(4 + 0.55 * n, 30)
-    fig, ax = plt.subplots(figsize=(side, side * 0.85))
-    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    ticks = np.arange(n)
-    ax.set_xticks(ticks, classes if n <= 50 else [""] * n, rotation=45, ha="right")
-    ax.set_yticks(ticks, classes if n <= 50 else [""] * n)
-    ax.set(xlabel="predicted", ylabel="true", title=title or "Confusion matrix (row-normalized)")
-    if n <= 20:
-        for i in range(n):
-            for j in range(n):
-                if counts[i, j]:
-                    ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=8,
-                            color="white" if norm[i, j] > 0.5 else "black")  # fmt: skip
-    fig.colorbar(im, ax=ax, fraction=0.046)
-    fig.tight_layout()
+    fig = confusion_figure(matrix, classes, normalized=True, title=title or "Confusion matrix (row-normalized)")
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -132,8 +114,7 @@ def data_report_text(report: dict[str, Any], limit: int = 5) -> str:
     ordered = sorted(report["findings"], key=lambda f: f["severity"] != "error")
     for f in ordered:
         lines.append(f"{f['severity'].upper()} {f['kind']}: {f['message']} ({f['count']})")
-        for item in f["items"][:limit]:
-            lines.append("    " + (" <-> ".join(item) if isinstance(item, list) else str(item)))
+        lines += ["    " + Record(**item).text() for item in f["items"][:limit]]
         if f["count"] > limit:
             lines.append(f"    ... {f['count'] - limit} more in the JSON report")
     errors = sum(f["severity"] == "error" for f in report["findings"])
@@ -164,30 +145,26 @@ def _figure_uri(fig) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def _confusion_figure(matrix: list[list[int]], classes: list[str], normalized: bool):
+def confusion_figure(matrix: list[list[int]], classes: list[str], normalized: bool, title: str = ""):
+    """The confusion matrix (rows: true class), row-normalized or as counts; cell values for up to 20 classes."""
     counts = np.asarray(matrix)
     rows = counts.sum(1, keepdims=True)
-    values = (
-        np.divide(counts, rows, out=np.zeros(counts.shape, dtype=float), where=rows > 0)
-        if normalized
-        else counts
-    )
+    norm = np.divide(counts, rows, out=np.zeros(counts.shape, dtype=float), where=rows > 0)
+    values = norm if normalized else counts
     n = len(classes)
-    side = min(12, max(4.5, 0.45 * n + 2))
+    side = min(4 + 0.55 * n, 30)
     fig, ax = plt.subplots(figsize=(side, side * 0.85))
-    im = ax.imshow(values, cmap="Blues")
+    im = ax.imshow(values, cmap="Blues", vmin=0, vmax=1 if normalized else None)
     labels = classes if n <= 50 else [""] * n
     ax.set_xticks(np.arange(n), labels, rotation=45, ha="right")
     ax.set_yticks(np.arange(n), labels)
-    ax.set(xlabel="predicted", ylabel="true", title="row-normalized" if normalized else "counts")
+    ax.set(xlabel="predicted", ylabel="true", title=title or ("row-normalized" if normalized else "counts"))
     if n <= 20:
-        top = values.max() or 1
-        for i in range(n):
-            for j in range(n):
-                if counts[i, j]:
-                    text = f"{values[i, j]:.2f}" if normalized else str(counts[i, j])
-                    ax.text(j, i, text, ha="center", va="center", fontsize=7,
-                            color="white" if values[i, j] > top / 2 else "black")  # fmt: skip
+        threshold = 0.5 if normalized else (counts.max() or 1) / 2
+        for i, j in zip(*np.nonzero(counts)):
+            text = f"{norm[i, j]:.2f}" if normalized else str(counts[i, j])
+            dark = values[i, j] > threshold
+            ax.text(j, i, text, ha="center", va="center", fontsize=8, color="white" if dark else "black")
     fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
     return fig
@@ -229,135 +206,54 @@ def _pct(x: float) -> str:
 
 def render_html(result: dict[str, Any], history: list[dict[str, float]]) -> str:
     """One self-contained HTML page (figures and thumbnails inlined) from an evaluation and its history."""
-    e = html.escape
     classes = list(result["per_class"])
-    ci = result.get("accuracy_ci", [0, 0])
-    head = [
-        ("accuracy", f"{_pct(result['accuracy'])} (95% CI {_pct(ci[0])} - {_pct(ci[1])})"),
-    ]
-    if "top5_accuracy" in result:
-        t5 = result.get("top5_ci", [0, 0])
-        head.append(
-            ("top-5 accuracy", f"{_pct(result['top5_accuracy'])} (95% CI {_pct(t5[0])} - {_pct(t5[1])})")
-        )
-    for avg in ("macro", "weighted"):
-        head.append(
-            (
-                f"{avg} precision / recall / F1",
-                " / ".join(f"{result[f'{m}_{avg}']:.4f}" for m in ("precision", "recall", "f1")),
-            )
-        )
-    meta = result.get("meta", {})
-    head += [("samples", str(result["num_samples"]))] + [(k, str(v)) for k, v in meta.items()]
-    sections = [
-        f"<section id='headline'><h2>Headline</h2><table>{''.join(f'<tr><th>{e(k)}</th><td>{e(v)}</td></tr>' for k, v in head)}</table></section>"
-    ]
-
-    worst_first = sorted(result["per_class"].items(), key=lambda kv: (kv[1]["f1"], kv[0]))
-    rows = "".join(
-        f"<tr><td>{e(c)}</td><td>{m['precision']:.4f}</td><td>{m['recall']:.4f}</td><td>{m['f1']:.4f}</td><td>{m['support']}</td></tr>"
-        for c, m in worst_first
-    )
-    sections.append(
-        f"<section id='per-class'><h2>Per class (worst F1 first)</h2><table><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th><th>support</th></tr>{rows}</table></section>"
-    )
-
-    pairs = "".join(
-        f"<li>{e(p['true'])} &rarr; {e(p['predicted'])}: {p['count']}</li>"
-        for p in result.get("top_confusions", [])
-    )
-    figs = "".join(
-        f"<img alt='confusion matrix ({kind})' src='{_figure_uri(_confusion_figure(result['confusion_matrix'], classes, kind == 'norm'))}'>"
-        for kind in ("counts", "norm")
-    )
-    sections.append(
-        f"<section id='confusion'><h2>Confusion matrix</h2>{figs}<h3>Most frequent confusions</h3><ol>{pairs or '<li>none</li>'}</ol></section>"
-    )
-
-    gallery = []
-    for key, title in (
-        ("confident_mistakes", "Most confidently wrong"),
-        ("uncertain_correct", "Least confident correct"),
-    ):
-        cards = "".join(
-            f"<figure><img alt='sample {s['index']}' src='{s.get('thumbnail', '')}'><figcaption>true <b>{e(classes[s['true']])}</b><br>"
-            f"predicted <b>{e(classes[s['predicted']])}</b> {s['probability']:.3f}<br><small>{e(str(s.get('path', '')))}</small></figcaption></figure>"
-            for s in result.get("samples", {}).get(key, [])
-        )  # fmt: skip
-        gallery.append(f"<h3>{title}</h3><div class='gallery'>{cards or 'none'}</div>")
-    sections.append(f"<section id='mistakes'><h2>Mistakes and doubts</h2>{''.join(gallery)}</section>")
-
     cals = {"as trained": result["calibration"]} if "calibration" in result else {}
     if "calibration_after" in result:
         cals[f"temperature {result.get('temperature', 1):g}"] = result["calibration_after"]
-    cal_text = " ".join(f"ECE {name}: {c['ece']:.4f}." for name, c in cals.items())
-    sections.append(
-        f"<section id='calibration'><h2>Calibration</h2><p>{e(cal_text)}</p><img alt='reliability diagram' src='{_figure_uri(_reliability_figure(cals))}'></section>"
+    tta = result.get("tta")
+    samples = result.get("samples", {})
+    return render(
+        "report.html",
+        title=f"imgcls report: {result.get('model', '')} on {result.get('data', '')} ({result.get('split', '')} split)",
+        headline=_headline(result),
+        per_class=sorted(result["per_class"].items(), key=lambda kv: (kv[1]["f1"], kv[0])),
+        confusion_figures=[
+            (kind, _figure_uri(confusion_figure(result["confusion_matrix"], classes, normalized=kind == "norm")))
+            for kind in ("counts", "norm")
+        ],
+        top_confusions=result.get("top_confusions", []),
+        classes=classes,
+        gallery=[
+            ("Most confidently wrong", samples.get("confident_mistakes", [])),
+            ("Least confident correct", samples.get("uncertain_correct", [])),
+        ],
+        calibration_text=" ".join(f"ECE {name}: {c['ece']:.4f}." for name, c in cals.items()),
+        reliability_uri=_figure_uri(_reliability_figure(cals)),
+        curves_uri=_figure_uri(_curves_figure(history)) if history else None,
+        tta=tta and {"off": _pct(tta["off"]), "flip": _pct(tta["flip"]), "gain": f"{100 * (tta['flip'] - tta['off']):+.2f}"},
     )
 
-    curves = (
-        f"<img alt='training curves' src='{_figure_uri(_curves_figure(history))}'>"
-        if history
-        else "<p>no training history (metrics.csv) found</p>"
-    )
-    sections.append(f"<section id='curves'><h2>Training curves</h2>{curves}</section>")
-    if "tta" in result:
-        t = result["tta"]
-        sections.append(
-            f"<section id='tta'><h2>Test-time augmentation</h2><p>accuracy without TTA {_pct(t['off'])}, with flip TTA {_pct(t['flip'])} ({100 * (t['flip'] - t['off']):+.2f} points)</p></section>"
-        )
-    style = ("body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse}"
-             "td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}img{max-width:100%}"
-             ".gallery{display:flex;flex-wrap:wrap;gap:10px}figure{margin:0;width:140px;font-size:12px}"
-             "figure img{width:128px;image-rendering:pixelated;border:1px solid #999}")  # fmt: skip
-    title = f"imgcls report: {result.get('model', '')} on {result.get('data', '')} ({result.get('split', '')} split)"
-    return f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)}</title><style>{style}</style></head><body><h1>{e(title)}</h1>{''.join(sections)}</body></html>"
+
+def _headline(result: dict[str, Any]) -> list[tuple[str, str]]:
+    ci = result.get("accuracy_ci", [0, 0])
+    rows = [("accuracy", f"{_pct(result['accuracy'])} (95% CI {_pct(ci[0])} - {_pct(ci[1])})")]
+    if "top5_accuracy" in result:
+        t5 = result.get("top5_ci", [0, 0])
+        rows.append(("top-5 accuracy", f"{_pct(result['top5_accuracy'])} (95% CI {_pct(t5[0])} - {_pct(t5[1])})"))
+    for avg in ("macro", "weighted"):
+        values = " / ".join(f"{result[f'{m}_{avg}']:.4f}" for m in ("precision", "recall", "f1"))
+        rows.append((f"{avg} precision / recall / F1", values))
+    rows.append(("samples", str(result["num_samples"])))
+    return rows + [(k, str(v)) for k, v in result.get("meta", {}).items()]
 
 
 def render_data_html(report: dict[str, Any], thumbnails: dict[str, str]) -> str:
     """The data doctor's report as one self-contained page, with thumbnails of the files it names."""
-    e = html.escape
-
-    def item_html(item: Any) -> str:
-        paths = item if isinstance(item, list) else [item]
-        cells = []
-        for path in paths:
-            text = str(path)
-            uri = thumbnails.get(
-                text.split(": ", 1)[1] if text.startswith(("train: ", "val: ", "test: ")) else text
-            )
-            img = f"<img alt='' src='{uri}'>" if uri else ""
-            cells.append(f"<figure>{img}<figcaption>{e(str(path))}</figcaption></figure>")
-        return f"<div class='item'>{' &harr; '.join(cells)}</div>"
-
-    parts = [f"<h1>Data check: {e(report['dataset'])}</h1>",
-             f"<p>{report['num_images']} images in {report['seconds']} s: "
-             f"<b>{'no errors' if report['ok'] else 'errors found'}</b></p>"]  # fmt: skip
     counts = report["class_counts"]
-    classes = list(next(iter(counts.values()), {}))
-    header = "".join(f"<th>{e(s)}</th>" for s in counts)
-    rows = "".join(
-        f"<tr><td>{e(c)}</td>{''.join(f'<td>{counts[s].get(c, 0)}</td>' for s in counts)}</tr>"
-        for c in classes
+    return render(
+        "data_check.html",
+        report=report,
+        classes=list(next(iter(counts.values()), {})),
+        findings=sorted(report["findings"], key=lambda f: f["severity"] != "error"),
+        thumbnails=thumbnails,
     )
-    parts.append(
-        f"<section id='classes'><h2>Classes</h2><table><tr><th>class</th>{header}</tr>{rows}</table></section>"
-    )
-    stats = "".join(
-        f"<tr><th>{e(k)}</th><td>{e(json.dumps(v))}</td></tr>" for k, v in report["stats"].items()
-    )
-    parts.append(f"<section id='stats'><h2>Images</h2><table>{stats}</table></section>")
-    findings = sorted(report["findings"], key=lambda f: f["severity"] != "error")
-    blocks = "".join(
-        f"<div class='finding {f['severity']}'><h3>{f['severity'].upper()} {e(f['kind'])} ({f['count']})</h3>"
-        f"<p>{e(f['message'])}</p>{''.join(item_html(i) for i in f['items'][:24])}</div>"
-        for f in findings
-    )  # fmt: skip
-    parts.append(
-        f"<section id='findings'><h2>Findings</h2>{blocks or '<p>clean: no problems found</p>'}</section>"
-    )
-    style = ("body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse}"
-             "td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}.error h3{color:#b00}.warning h3{color:#a60}"
-             ".item{display:flex;align-items:center;gap:6px;margin:4px 0}figure{margin:0;display:flex;gap:6px;"
-             "align-items:center;font-size:12px}figure img{width:48px;image-rendering:pixelated;border:1px solid #999}")  # fmt: skip
-    return f"<!doctype html><html><head><meta charset='utf-8'><title>data check</title><style>{style}</style></head><body>{''.join(parts)}</body></html>"

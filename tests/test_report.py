@@ -52,7 +52,7 @@ def test_top_confusions_and_html_sections():
     }
     page = render_html(result, [{"epoch": 1, "train_loss": 1.0, "val_acc": 0.5}])
     for section in SECTIONS:
-        assert f"id='{section}'" in page
+        assert f'id="{section}"' in page
     assert "http" not in page.replace("http-equiv", "")  # self-contained: nothing fetched from outside
     worst = min(result["per_class"], key=lambda c: result["per_class"][c]["f1"])
     assert page.index(f"<td>{worst}</td>") < min(page.index(f"<td>{c}</td>") for c in "abc" if c != worst)
@@ -95,7 +95,7 @@ def test_calibrate_lowers_the_error_of_an_overconfident_run(tmp_path: Path, caps
     assert set(result["tta"]) == {"off", "flip"}
     page = (run / "report.html").read_text()
     for section in SECTIONS + ("tta",):
-        assert f"id='{section}'" in page
+        assert f'id="{section}"' in page
     (run / "report.html").unlink()
     assert cli.main(["report", str(run)]) == 0 and (run / "report.html").is_file()
     assert len(result["samples"]["confident_mistakes"]) > 0

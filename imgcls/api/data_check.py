@@ -11,7 +11,8 @@ import numpy as np
 from imgcls.api.planning import make_config
 from imgcls.data.datasets import open_dataset
 from imgcls.data.decode import ImageDecodeError, open_image
-from imgcls.data.doctor import check
+from imgcls.data.doctor import Record, check
+from imgcls.data.doctor.checks import SPLITS
 from imgcls.data.types import DataBundle
 from imgcls.reporting import render_data_html, thumbnail_uri
 from imgcls.utils.io import write_json, write_text
@@ -38,23 +39,14 @@ def check_data(
 
 
 def _finding_thumbnails(report: dict[str, Any], bundle: DataBundle) -> dict[str, str]:
-    """Thumbnails of the images the findings list (the first 24 of each), keyed by path."""
-    tensors = {f"{name}[{i}]": (getattr(bundle, name), i) for name in ("train", "val", "test")
-               if getattr(bundle, name) is not None and getattr(bundle, name).images is not None
-               for i in range(len(getattr(bundle, name)))}  # fmt: skip
-    wanted = set()
-    for finding in report["findings"]:
-        for item in finding["items"][:24]:
-            for path in item if isinstance(item, list) else [item]:
-                wanted.add(
-                    str(path).split(": ", 1)[1]
-                    if str(path).startswith(("train: ", "val: ", "test: "))
-                    else str(path)
-                )
+    """Thumbnails of the images the findings name (the first 24 records of each), keyed by path."""
+    wanted = {path for f in report["findings"] for r in f["items"][:24] for path in Record(**r).paths}
+    in_memory = {f"{name}[{i}]": (split, i) for name in SPLITS if (split := getattr(bundle, name)) is not None
+                 and split.images is not None for i in range(len(split))}  # fmt: skip
     thumbs = {}
     for path in wanted:
-        if path in tensors:
-            split, i = tensors[path]
+        if path in in_memory:
+            split, i = in_memory[path]
             thumbs[path] = thumbnail_uri(split.images[i].permute(1, 2, 0).numpy(), side=48)
         elif Path(path).is_file():
             with contextlib.suppress(ImageDecodeError):

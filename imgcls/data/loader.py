@@ -29,7 +29,9 @@ from imgcls.data.memory import (
     decode_files_cached,
     epoch_batches,
 )
+from imgcls.data.stats import ChannelStats, channel_stats_of
 from imgcls.data.transforms import to_float, to_square, train_augment
+from imgcls.utils.env import available_cores
 
 log = logging.getLogger("imgcls")
 GRAY_MODES = {"1", "L", "LA", "La", "I", "F", "I;16", "I;16B", "I;16L", "I;16N"}
@@ -86,7 +88,6 @@ def prepare(bundle: DataBundle, cfg: DataConfig, size: int, channels: int) -> Da
     return replace(bundle, skipped=skipped, channels=channels, **splits)
 
 
-ChannelStats = tuple[tuple[float, ...], tuple[float, ...]]
 STATS_SAMPLE = 4096  # images a file dataset's mean/std is measured on (all of a smaller one)
 
 
@@ -98,7 +99,7 @@ def channel_stats(source: Split, prepared: Split, size: int, channels: int) -> C
     do not decode drop out of both alike.
     """
     if source.images is not None:
-        return tensor_stats(prepared.images)
+        return channel_stats_of(prepared.images)
     paths = source.paths or []
     order = torch.randperm(len(paths), generator=torch.Generator().manual_seed(0))[:STATS_SAMPLE]
     sample = [paths[i] for i in sorted(order.tolist())]
@@ -107,21 +108,7 @@ def channel_stats(source: Split, prepared: Split, size: int, channels: int) -> C
         images = prepared.images[[where[p] for p in sample if p in where]]
     else:
         images, _, _ = decode_files(sample, size, channels)
-    return tensor_stats(images)
-
-
-def tensor_stats(images: torch.Tensor) -> ChannelStats:
-    """Per-channel mean/std of uint8 images, in chunks so a large dataset is never copied to float whole."""
-    c = images.shape[1]
-    total, total_sq, count = torch.zeros(c, dtype=torch.float64), torch.zeros(c, dtype=torch.float64), 0
-    for chunk in images.split(4096):
-        x = chunk.to(torch.float64).div_(255).transpose(0, 1).reshape(c, -1)
-        total += x.sum(1)
-        total_sq += (x * x).sum(1)
-        count += x.shape[1]
-    mean = total / max(count, 1)
-    std = (total_sq / max(count, 1) - mean**2).clamp_min(1e-12).sqrt()
-    return tuple(round(v, 5) for v in mean.tolist()), tuple(round(max(v, 1e-3), 5) for v in std.tolist())
+    return channel_stats_of(images)
 
 
 def report_skipped(skipped: list[tuple[str, str]], strict: bool) -> None:
@@ -325,7 +312,7 @@ def _workers(cfg: DataConfig, split: Split) -> int:
         return cfg.workers
     if split.images is not None:
         return 0  # indexing a tensor: worker processes only add overhead
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = available_cores()
     return min(8, max(1, cores // 2))
 
 

@@ -22,6 +22,7 @@ from safetensors.torch import save_file
 
 from imgcls.data.decode import ImageDecodeError, open_image
 from imgcls.data.transforms import crop_padding, to_float, to_square
+from imgcls.utils.env import available_cores
 from imgcls.utils.io import atomic_write
 
 log = logging.getLogger("imgcls")
@@ -251,7 +252,7 @@ def decode_files(
         except ImageDecodeError as e:
             return e.reason
 
-    threads = threads or min(16, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 2)
+    threads = threads or min(16, available_cores())
     with ThreadPoolExecutor(max_workers=threads) as pool:  # PIL decodes without the GIL
         results = list(pool.map(load, paths, chunksize=64))
     ok = [i for i, r in enumerate(results) if isinstance(r, torch.Tensor)]

@@ -6,7 +6,6 @@ import csv
 import glob
 import json
 import logging
-import os
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -23,7 +22,7 @@ from imgcls.data.memory import decode_files
 from imgcls.data.transforms import pil_to_tensor, to_float, to_square, with_channels
 from imgcls.models import Classifier, ModelMeta, build_model
 from imgcls.models.checkpoint import WEIGHTS_FILE, load_weights, read_meta
-from imgcls.utils.env import select_device
+from imgcls.utils.env import available_cores, select_device
 
 log = logging.getLogger("imgcls")
 ImageInput = str | Path | Image.Image | torch.Tensor
@@ -121,7 +120,7 @@ class Predictor:
         """Predictions for many files, one batch at a time, in input order: worker processes decode the
         next batches while the model runs on this one (per-file decoding is mostly Python, which threads
         would serialize). Memory stays bounded by a few batches. Yields (predictions with "path", skipped)."""
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        cores = available_cores()
         if (
             workers is None
         ):  # tiny files decode faster than a worker can ship them back (bench/predict_files.py)

@@ -11,7 +11,6 @@ upload nor a client that stalls mid-body can exhaust the server.
 from __future__ import annotations
 
 import asyncio
-import html
 import logging
 import time
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from imgcls.data.decode import ImageDecodeError, open_image
 from imgcls.inference.predict import Predictor
+from imgcls.utils.templates import render
 
 log = logging.getLogger("imgcls")
 FORM_OVERHEAD = 65536  # bytes of multipart headers and boundaries allowed beside the files themselves
@@ -194,9 +194,11 @@ def create_app(predictor: Predictor, cfg: ServeConfig | None = None) -> FastAPI:
             raise HTTPException(500, f"prediction failed: {type(e).__name__}: {str(e)[:200]}") from None
         return {"predictions": [{"filename": u.filename, **p} for u, p in zip(uploads, preds)]}
 
+    page = render("serve.html", title=f"imgcls: {predictor.meta.name}")
+
     @app.get("/", response_class=HTMLResponse)
-    async def page() -> str:
-        return PAGE.replace("{{title}}", html.escape(f"imgcls: {predictor.meta.name}"))
+    async def index() -> str:
+        return page
 
     return app
 
@@ -242,33 +244,3 @@ UPLOAD_SCHEMA = {
     }
 }
 
-
-PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>{{title}}</title>
-<style>body{font-family:system-ui,sans-serif;margin:2em;max-width:720px}#drop{border:2px dashed #888;padding:2em;
-text-align:center;cursor:pointer}#preview{max-width:256px;max-height:256px;image-rendering:pixelated;margin:1em 0}
-.bar{display:flex;align-items:center;gap:8px;margin:4px 0}.bar span{width:140px}.bar div{background:#36c;height:16px}
-#error{color:#b00}</style></head><body><h1>{{title}}</h1>
-<div id="drop">Drop an image here, or <label><u>pick one</u><input id="file" type="file" accept="image/*" hidden></label></div>
-<img id="preview" alt="" hidden><div id="result"></div><p id="error"></p>
-<script>
-const drop = document.getElementById("drop"), input = document.getElementById("file");
-drop.ondragover = e => { e.preventDefault(); };
-drop.ondrop = e => { e.preventDefault(); if (e.dataTransfer.files.length) send(e.dataTransfer.files[0]); };
-input.onchange = () => { if (input.files.length) send(input.files[0]); };
-async function send(file) {
-  const preview = document.getElementById("preview");
-  preview.src = URL.createObjectURL(file); preview.hidden = false;
-  document.getElementById("error").textContent = ""; document.getElementById("result").innerHTML = "";
-  const form = new FormData(); form.append("files", file);
-  const response = await fetch("/predict", {method: "POST", body: form});
-  const body = await response.json();
-  if (!response.ok) { document.getElementById("error").textContent = body.error; return; }
-  const top = body.predictions[0].top_k, result = document.getElementById("result");
-  const label = document.createElement("h2"); label.id = "label"; label.textContent = top[0].label; result.append(label);
-  for (const t of top) {  // textContent: class names are never parsed as HTML
-    const row = document.createElement("div"), name = document.createElement("span"), bar = document.createElement("div");
-    row.className = "bar"; name.textContent = t.label; bar.style.width = Math.round(300 * t.probability) + "px";
-    row.append(name, bar, (100 * t.probability).toFixed(1) + "%"); result.append(row);
-  }
-}
-</script></body></html>"""

@@ -79,6 +79,11 @@ def _cpu_has_native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def available_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask: a container's or taskset's share), not the machine's."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def set_threads(threads: int | None) -> int:
     """Uses `threads` CPU threads (default: $OMP_NUM_THREADS where set, else the cores this process may
     run on, shared among the processes torchrun started on this machine, so N ranks do not fight over
@@ -86,8 +91,7 @@ def set_threads(threads: int | None) -> int:
     if threads is None and os.environ.get("OMP_NUM_THREADS", "").isdigit():
         threads = max(1, int(os.environ["OMP_NUM_THREADS"]))
     if threads is None:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        threads = max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+        threads = max(1, available_cores() // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     torch.set_num_threads(threads)
     return threads
 

@@ -14,6 +14,7 @@ from PIL import Image
 import imgcls
 from imgcls import cli
 from imgcls.data.types import DataError
+from imgcls.reporting import data_report_text
 from tests.conftest import write_class_tree
 
 
@@ -93,15 +94,27 @@ def test_every_planted_problem_is_named(planted: Path, tmp_path: Path, capsys):
         "leak",
     }
     # Nothing else is flagged: the 54 plain images raise no finding.
-    flagged = {
-        Path(p).name
-        for items in found.values()
-        for item in json.loads(items)
-        for p in (item if isinstance(item, list) else [item])
-    }
+    flagged = {Path(p).name for f in report["findings"] for r in f["items"] for p in (r["path"], r["other"]) if p}
     assert not [n for n in flagged if n.startswith(("a_", "b_", "c_"))]
     out = capsys.readouterr().out
     assert "ERROR leak" in out and "copied.png" in out
+
+
+def test_findings_are_records_the_report_renders_without_parsing(planted: Path):
+    """Each finding names records (kind, split, path, reason; a pair's other image; a class), and the text
+    report is made from those fields."""
+    report = imgcls.check_data(str(planted), out=None, near=False)
+    items = {f["kind"]: f["items"] for f in report["findings"]}
+    leak = items["leak"][0]
+    assert {leak["split"], leak["other_split"]} == {"train", "test"}
+    assert {Path(leak["path"]).name, Path(leak["other"]).name} == {"original.png", "copied.png"}
+    truncated = items["truncated"][0]
+    assert (truncated["kind"], truncated["split"], Path(truncated["path"]).name) == ("truncated", "train", "truncated.png")
+    assert truncated["reason"] and not truncated["other"]
+    assert [(r["split"], r["label"], r["path"]) for r in items["empty-class"]] == [("train", "d", "")]
+    text = data_report_text(report)
+    assert f"{leak['split']}: {leak['path']} <-> {leak['other_split']}: {leak['other']}" in text
+    assert f"{truncated['path']}: {truncated['reason']}" in text
 
 
 def test_a_clean_dataset_has_no_findings(split_tree: Path, tmp_path: Path, capsys):
@@ -150,5 +163,5 @@ def test_html_report_shows_thumbnails_of_named_files(planted: Path, tmp_path: Pa
     )
     text = page.read_text()
     for section in ("classes", "stats", "findings"):
-        assert f"id='{section}'" in text
+        assert f'id="{section}"' in text
     assert text.count("data:image/png;base64,") >= 10 and "copied.png" in text and "ERROR leak" in text

@@ -1,0 +1,108 @@
+"""The data doctor's entry points: the full check, the cheap leakage check run before training, and the
+duplicate groups that carving splits keeps together."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from imgcls.data.doctor.findings import (
+    ERROR_MESSAGES,
+    class_counts,
+    class_findings,
+    duplicate_findings,
+    file_findings,
+    image_stats,
+    near_pairs,
+)
+from imgcls.data.doctor.images import ImageFacts, byte_hash, file_images, tensor_images
+from imgcls.data.doctor.records import DataReport, Finding, Record, finding
+from imgcls.data.folder import UNUSABLE_PATH
+from imgcls.data.types import DataBundle, Split
+
+SPLITS = ("train", "val", "test")
+
+
+def check(bundle: DataBundle, *, near: bool = True) -> DataReport:
+    """Examines every image of a dataset (before decoding for training) and returns the findings.
+
+    Example:
+        >>> report = check(open_dataset(DataConfig(name="my_folder")))   # doctest: +SKIP
+        >>> [f.kind for f in report.errors]                              # doctest: +SKIP
+    """
+    start = time.perf_counter()
+    splits = _splits(bundle)
+    images = tensor_images(splits) if all(s.images is not None for s in splits.values()) else file_images(splits)
+    counts = {name: class_counts(split.labels, bundle.classes) for name, split in splits.items()}
+    findings = [
+        *skipped_findings(bundle.skipped),
+        *file_findings(images),
+        *class_findings(counts, bundle.classes),
+        *duplicate_findings(images, near),
+    ]
+    report = DataReport(bundle.name, sum(len(s) for s in splits.values()), counts, image_stats(images), findings)
+    report.seconds = round(time.perf_counter() - start, 2)
+    return report
+
+
+def skipped_findings(skipped: list[tuple[str, str]]) -> list[Finding]:
+    """What was dropped before splitting: non-images (error), unusable paths (warning), bad manifest rows (error)."""
+    groups: dict[str, list[Record]] = {"not-image": [], "unusable-path": [], "unusable-entry": []}
+    for where, why in skipped:
+        kind = "not-image" if "not an image" in why else "unusable-path" if why.startswith(UNUSABLE_PATH) else "unusable-entry"
+        groups[kind].append(Record(kind, "", where, why))
+    levels = {
+        "not-image": ("error", ERROR_MESSAGES["not-image"]),
+        "unusable-path": ("warning", "paths that are no readable file (skipped)"),
+        "unusable-entry": ("error", "manifest rows that name no usable image"),
+    }
+    return [finding(levels[k][0], k, levels[k][1], records) for k, records in groups.items() if records]
+
+
+def leakage(bundle: DataBundle) -> list[Finding]:
+    """The cheap checks run before training: identical files (or tensors) in two splits."""
+    splits = _splits(bundle)
+    if len(splits) < 2:
+        return []
+    if all(s.images is not None for s in splits.values()):
+        images = tensor_images(splits, dhash=False)
+    else:
+        images = [ImageFacts(name, str(p), byte_hash=byte_hash(p)) for name, s in splits.items() for p in s.paths or []]
+    return [f for f in duplicate_findings(images, near=False) if f.severity == "error"]
+
+
+def duplicate_groups(split: Split) -> tuple[np.ndarray, int]:
+    """A group id per image: identical and near-identical images (as `check` defines them) share one.
+
+    Returns the ids (each group's smallest index) and the number of groups with more than one image.
+    Splits carved along these groups never put two copies of one picture on both sides.
+    """
+    images = tensor_images({"train": split}) if split.images is not None else file_images({"train": split})
+    parent = np.arange(len(images))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    def join(a: int, b: int) -> None:
+        ra, rb = root(a), root(b)
+        parent[max(ra, rb)] = min(ra, rb)
+
+    index = {id(img): i for i, img in enumerate(images)}
+    by_key: dict[str, int] = {}
+    for i, img in enumerate(images):
+        for key in {img.byte_hash, img.pixel_hash, img.path if split.images is None else ""} - {""}:
+            join(by_key.setdefault(key, i), i)
+    for a, b in near_pairs(images).values():
+        join(index[id(a)], index[id(b)])
+    groups = np.array([root(i) for i in range(len(images))], dtype=np.int64)
+    shared = int((np.bincount(groups, minlength=len(groups)) > 1).sum())
+    return groups, shared
+
+
+def _splits(bundle: DataBundle) -> dict[str, Any]:
+    return {name: getattr(bundle, name) for name in SPLITS if getattr(bundle, name) is not None}
