@@ -1,4 +1,8 @@
-"""`imgcls` command line: parses arguments into a Config or a call, then hands over to imgcls.api."""
+"""`imgcls` command line: parses arguments into config overrides or a call, then hands over to imgcls.api.
+
+Each flag is declared once, in `FLAGS` below or in a parent parser, with the config key it sets: a flag
+with a key lands in the overrides under that key (flags win over --set); the rest are arguments of a call.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +11,78 @@ import json
 import logging
 import os
 import sys
+from typing import Any
 
 from imgcls._version import __version__
 from imgcls.config import ConfigError, parse_overrides
 from imgcls.errors import ImgclsError
 
 log = logging.getLogger("imgcls")
+KEY_PREFIX = "cfg:"  # the argparse dest of a flag that sets a config key: cfg:<section.key>
+
+
+def _lr(text: str) -> float | str:
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--lr takes a number or auto, not {text!r}") from None
+
+
+# name: (config key, argparse options); commands pick them by name. A table, one flag per line, so ruff's
+# formatter (which would put each option on a line of its own) is off for it.
+# fmt: off
+FLAGS: dict[str, tuple[str | None, dict[str, Any]]] = {
+    "--data": ("data.name", {"help": "built-in name (fashion-mnist, mnist, cifar10, cifar100, digits), a folder, or a CSV manifest"}),
+    "--model": ("model.name", {"help": "model name (see `imgcls models`), e.g. smallnet, resnet18, timm/convnext_nano"}),
+    "--pretrained": ("model.pretrained", {"action": "store_const", "const": True, "help": "start from the architecture's ImageNet weights (torchvision/timm) and fine-tune"}),
+    "--weights": ("model.weights", {"metavar": "FILE|RUN_DIR", "help": "start from local weights: a torchvision/timm .pth/.safetensors, or an imgcls run folder"}),
+    "--batch-size": ("data.batch_size", {"type": int}),
+    "--epochs": ("train.epochs", {"type": int}),
+    "--time": ("train.time", {"help": "time budget for the whole run, e.g. 90s, 5m, 1h (plans the schedule to end on time)"}),
+    "--lr": ("optim.lr", {"type": _lr, "help": "peak learning rate, or auto (an LR range test picks it)"}),
+    "--freeze": ("model.freeze", {"metavar": "auto|none|N|backbone", "help": "fine-tuning: what stays frozen after the head-only phase (backbone: linear probing)"}),
+    "--patience": ("train.patience", {"type": int, "help": "stop when validation accuracy has not improved for N epochs"}),
+    "--strict": ("data.strict", {"action": "store_const", "const": True, "help": "unreadable images are an error, not a counted skip"}),
+    "--config": (None, {"help": "a YAML file of config sections (see configs/)"}),
+    "--set": (None, {"nargs": "+", "action": "extend", "default": [], "metavar": "KEY=VALUE", "help": "config overrides, e.g. optim.name=adamw train.amp=off (repeatable)"}),
+    "--device": (None, {"default": "auto", "help": "auto, cpu, cuda, cuda:1, mps"}),
+    "--json": (None, {"action": "store_true", "help": "print results as JSON on stdout"}),
+    "--split": (None, {"choices": ["test", "val"], "default": "test"}),
+}
+# fmt: on
+
+
+def _flags(parser: argparse.ArgumentParser, *names: str, **changes: dict[str, Any]) -> argparse.ArgumentParser:
+    """Adds the named FLAGS to `parser`; `changes` adjusts one flag's options for this command (e.g. help)."""
+    for name in names:
+        key, options = FLAGS[name]
+        options = {**options, **changes.get(name.lstrip("-").replace("-", "_"), {})}
+        if key:  # the help names the key, so the flag and its --set / YAML spelling are found together
+            options["help"] = f"{options.get('help', '')} [{key}]".lstrip()
+            if "const" not in options:
+                options.setdefault("metavar", name.lstrip("-").upper().replace("-", "_"))
+            options["dest"] = KEY_PREFIX + key
+        parser.add_argument(name, **options)
+    return parser
+
+
+def _parent(*names: str, **changes: dict[str, Any]) -> argparse.ArgumentParser:
+    return _flags(argparse.ArgumentParser(add_help=False), *names, **changes)
+
+
+def _run_dir(*, device: bool = False) -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("run_dir", metavar="RUN_DIR")
+    return _flags(parent, "--device") if device else parent
+
+
+def overrides_of(args: argparse.Namespace) -> dict[str, Any]:
+    """--set overrides, then every given flag that names a config key (flags win)."""
+    overrides = parse_overrides(getattr(args, "set", []))
+    given = {k.removeprefix(KEY_PREFIX): v for k, v in vars(args).items() if k.startswith(KEY_PREFIX) and v is not None}
+    return overrides | given
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,228 +90,136 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"imgcls {__version__}")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors on stderr")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (help_text, parents, add_flags) in COMMANDS.items():
+        summary, _, description = help_text.partition("\n")
+        add_flags(sub.add_parser(name, help=summary, description=description or summary, parents=parents()))
+    return parser
 
-    t = sub.add_parser("train", help="train (and test) a model; with no flags: the default model on Fashion-MNIST",
-                       description="Train a model, keep best/last checkpoints in a run folder, evaluate it on the test split.")  # fmt: skip
-    t.add_argument(
-        "--data",
-        help="built-in name (fashion-mnist, mnist, cifar10, cifar100, digits), a folder, or a CSV manifest",
-    )
-    t.add_argument(
-        "--model", help="model name (see `imgcls models`), e.g. smallnet, resnet18, timm/convnext_nano"
-    )
-    t.add_argument("--epochs", type=int)
-    t.add_argument(
-        "--time", help="time budget for the whole run, e.g. 90s, 5m, 1h (plans the schedule to end on time)"
-    )
-    t.add_argument("--batch-size", type=int)
-    t.add_argument("--lr", type=_lr, help="peak learning rate, or auto (an LR range test picks it)")
-    t.add_argument(
-        "--pretrained",
-        action="store_true",
-        default=None,
-        help="start from the architecture's ImageNet weights (torchvision/timm) and fine-tune",
-    )
-    t.add_argument(
-        "--weights",
-        metavar="FILE|RUN_DIR",
-        help="start from local weights: a torchvision/timm .pth/.safetensors, or an imgcls run folder",
-    )
-    t.add_argument(
-        "--freeze",
-        metavar="auto|none|N|backbone",
-        help="fine-tuning: what stays frozen after the head-only phase (backbone: linear probing)",
-    )
-    t.add_argument("--patience", type=int, help="stop when validation accuracy has not improved for N epochs")
-    t.add_argument("--out", help="run folder (default: runs/<data>-<model>-<time>)")
-    t.add_argument("--config", help="a YAML file of config sections (see configs/)")
-    t.add_argument(
-        "--set",
-        nargs="+",
-        action="extend",
-        default=[],
-        metavar="KEY=VALUE",
-        help="config overrides, e.g. optim.name=adamw train.amp=off",
-    )
-    t.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
-    t.add_argument(
-        "--overwrite", action="store_true", help="--out names an earlier run folder: empty it and start anew"
-    )
-    t.add_argument("--strict", action="store_true", help="unreadable images are an error, not a counted skip")
-    t.set_defaults(func=cmd_train)
 
-    e = sub.add_parser(
-        "eval",
-        help="evaluate a run's model on a data split",
-        description="Evaluate a run's best model; writes eval.json and a confusion matrix into the run folder.",
-    )
-    e.add_argument("run_dir", metavar="RUN_DIR")
-    e.add_argument("--data", help="data to evaluate on (default: the data the run was trained on)")
-    e.add_argument("--split", choices=["test", "val"], default="test")
-    e.add_argument("--batch-size", type=int)
-    e.add_argument("--device", default="auto")
-    e.add_argument("--json", action="store_true", help="print the metrics as one JSON object on stdout")
-    e.add_argument(
-        "--tta",
-        choices=["flip", "off"],
-        help="evaluate with/without flip TTA (both are reported); kept for the model",
-    )
-    e.add_argument(
-        "--calibrate",
-        action="store_true",
-        help="fit temperature scaling on the validation split, store it with the model, report ECE before/after",
-    )
-    e.set_defaults(func=cmd_eval)
+def _train_flags(p: argparse.ArgumentParser) -> None:
+    _flags(p, "--epochs", "--time", "--lr", "--freeze", "--patience", "--strict")
+    p.add_argument("--out", dest=KEY_PREFIX + "out", metavar="OUT", help="run folder (default: runs/<data>-<model>-<time>) [out]")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="--out names an earlier run folder: empty it and start anew")
+    p.set_defaults(func=cmd_train)
 
-    r = sub.add_parser(
-        "report",
-        help="re-render a run's report.html from its eval.json and metrics.csv",
-        description="Re-render RUN_DIR/report.html (self-contained, opens offline) without the model or data.",
-    )
-    r.add_argument("run_dir", metavar="RUN_DIR")
-    r.add_argument("--split", choices=["test", "val"], default="test")
-    r.set_defaults(func=cmd_report)
 
-    p = sub.add_parser(
-        "predict",
-        help="classify image files or folders",
-        description="Print the top-k classes of each image.",
-    )
-    p.add_argument("run_dir", metavar="RUN_DIR")
-    p.add_argument(
-        "paths",
-        nargs="+",
-        metavar="PATH",
-        help="image files, folders (searched recursively), globs ('photos/**/*.jpg') or a CSV manifest",
-    )
+def _eval_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", help="data to evaluate on (default: the data the run was trained on)")
+    _flags(p, "--split", "--json")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--tta", choices=["flip", "off"], help="evaluate with/without flip TTA (both are reported); kept for the model")
+    p.add_argument("--calibrate", action="store_true",
+                   help="fit temperature scaling on the validation split, store it with the model, report ECE before/after")  # fmt: skip
+    p.set_defaults(func=cmd_eval)
+
+
+def _predict_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("paths", nargs="+", metavar="PATH",
+                   help="image files, folders (searched recursively), globs ('photos/**/*.jpg') or a CSV manifest")  # fmt: skip
     p.add_argument("--out", metavar="FILE", help="write predictions to FILE.csv or FILE.jsonl")
     p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument(
-        "--backend",
-        choices=["torch", "onnx", "torchscript"],
-        default="torch",
-        help="run the exported artifact (imgcls export) instead of PyTorch; RUN_DIR may be the file",
-    )
+    p.add_argument("--backend", choices=["torch", "onnx", "torchscript"], default="torch",
+                   help="run the exported artifact (imgcls export) instead of PyTorch; RUN_DIR may be the file")  # fmt: skip
     p.add_argument("--top-k", type=int, default=5)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--json", action="store_true", help="one JSON object per line on stdout")
+    _flags(p, "--json", json={"help": "one JSON object per line on stdout"})
     p.set_defaults(func=cmd_predict)
 
-    f = sub.add_parser(
-        "lr-find",
-        help="LR range test: plot loss against learning rate, suggest one",
-        description="Train briefly with a growing learning rate; saves lr_find.png and prints a suggestion "
-        "(use it with --lr, or let `train --lr auto` run this test itself).",
-    )
-    f.add_argument("--data")
-    f.add_argument("--model")
-    f.add_argument("--pretrained", action="store_true", default=None)
-    f.add_argument("--weights", metavar="FILE|RUN_DIR")
-    f.add_argument("--batch-size", type=int)
-    f.add_argument("--config")
-    f.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE")
-    f.add_argument("--out", help="folder for lr_find.png/json (default: runs/lr-find-<data>-<model>-<time>)")
-    f.set_defaults(func=cmd_lr_find)
 
-    d = sub.add_parser("data", help="dataset tools: `imgcls data check DATA`", description="Dataset tools.")
-    data_sub = d.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
-    c = data_sub.add_parser(
-        "check",
-        help="diagnose a dataset: broken/odd files, class balance, duplicates and leakage, mean/std",
-        description="Check a folder, CSV manifest or built-in dataset. Prints a summary, writes a JSON report; "
-        "exit code 0 when there are no errors (warnings allowed), 1 when there are.",
-    )
+def _lr_find_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", help="folder for lr_find.png/json (default: runs/lr-find-<data>-<model>-<time>)")
+    p.set_defaults(func=cmd_lr_find)
+
+
+def _data_flags(p: argparse.ArgumentParser) -> None:
+    tools = p.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
+    c = tools.add_parser("check", parents=[_parent("--set", set={"help": "data.* settings, e.g. data.test_split=0.2"})],
+                         help="diagnose a dataset: broken/odd files, class balance, duplicates and leakage, mean/std",
+                         description="Check a folder, CSV manifest or built-in dataset. Prints a summary, writes a JSON "
+                         "report; exit code 0 when there are no errors (warnings allowed), 1 when there are.")  # fmt: skip
     c.add_argument("data", metavar="DATA")
     c.add_argument("--out", default="data-check.json", help="JSON report path (default: data-check.json)")
     c.add_argument("--no-near", action="store_true", help="skip the near-duplicate search")
     c.add_argument("--html", metavar="FILE", help="also write a page with thumbnails of every named image")
-    c.add_argument(
-        "--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE", help="data.* settings, e.g. data.test_split=0.2"
-    )
     c.set_defaults(func=cmd_data_check)
 
-    x = sub.add_parser(
-        "export",
-        help="export a run's model (ONNX or TorchScript) with its preprocessing, and check it against PyTorch",
-        description="Write an artifact that takes raw uint8 images and returns probabilities (resize, scaling, "
-        "normalization, TTA and temperature inside), with class names and the input spec in its metadata; "
-        "then check it against `imgcls predict` on raw images of many shapes (top-1 agreement >= 99.9%, "
-        "probabilities within 1e-3).",
-    )
-    x.add_argument("run_dir", metavar="RUN_DIR")
-    x.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
-    x.add_argument(
-        "--layout", choices=["nhwc", "nchw"], default="nhwc", help="input layout (default N,H,W,C)"
-    )
-    x.add_argument(
-        "--out", help="artifact path (default: RUN_DIR/model.onnx or RUN_DIR/model.torchscript.pt)"
-    )
-    x.add_argument(
-        "--check-images",
-        metavar="DIR",
-        help="check the artifact on these images (default: the run's validation images; synthetic if gone)",
-    )
-    x.add_argument(
-        "--int8",
-        action="store_true",
-        help="also write MODEL.int8.onnx (static quantization calibrated on training images); reports accuracy and speed",
-    )
-    x.set_defaults(func=cmd_export)
 
-    v = sub.add_parser("serve", help="serve a run's model over HTTP, with a page to try it",
-                       description="POST /predict (multipart images) -> top-k JSON; GET /health, /info; GET / is a page; "
-                       "OpenAPI docs at /docs. Binds to loopback unless --host says otherwise.")  # fmt: skip
-    v.add_argument("run_dir", metavar="RUN_DIR")
-    v.add_argument("--host", default="127.0.0.1")
-    v.add_argument("--port", type=int, default=8000)
-    v.add_argument("--device", default="auto")
-    v.add_argument(
-        "--batch-window-ms",
-        type=float,
-        default=5.0,
-        help="batch requests arriving within this window; 0: off",
-    )
-    v.add_argument("--max-mb", type=float, default=10.0, help="upload size limit per file (MB)")
-    v.set_defaults(func=cmd_serve)
+def _export_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
+    p.add_argument("--layout", choices=["nhwc", "nchw"], default="nhwc", help="input layout (default N,H,W,C)")
+    p.add_argument("--out", help="artifact path (default: RUN_DIR/model.onnx or RUN_DIR/model.torchscript.pt)")
+    p.add_argument("--check-images", metavar="DIR",
+                   help="check the artifact on these images (default: the run's validation images; synthetic if gone)")  # fmt: skip
+    p.add_argument("--int8", action="store_true",
+                   help="also write MODEL.int8.onnx (static quantization calibrated on training images); reports accuracy and speed")  # fmt: skip
+    p.set_defaults(func=cmd_export)
 
-    m = sub.add_parser(
-        "models",
-        help="list registered model names",
-        description="List model names; timm models are used as timm/<name>.",
-    )
-    m.add_argument(
-        "pattern", nargs="?", default="*", help="wildcard filter, e.g. 'resnet*' or 'timm/*convnext*'"
-    )
-    m.set_defaults(func=cmd_models)
-    return parser
+
+def _serve_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--batch-window-ms", type=float, default=5.0, help="batch requests arriving within this window; 0: off")
+    p.add_argument("--max-mb", type=float, default=10.0, help="upload size limit per file (MB)")
+    p.set_defaults(func=cmd_serve)
+
+
+def _report_flags(p: argparse.ArgumentParser) -> None:
+    _flags(p, "--split")
+    p.set_defaults(func=cmd_report)
+
+
+def _models_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("pattern", nargs="?", default="*", help="wildcard filter, e.g. 'resnet*' or 'timm/*convnext*'")
+    p.set_defaults(func=cmd_models)
+
+
+def _none() -> list[argparse.ArgumentParser]:
+    return []
+
+
+def _source() -> list[argparse.ArgumentParser]:
+    """What to train on and from: shared by train and lr-find."""
+    return [_parent("--data", "--model", "--pretrained", "--weights", "--batch-size", "--config", "--set")]
+
+
+# name: (help line [newline, description], its parent parsers, its own flags). A table, hence fmt: skip.
+COMMANDS = {
+    "train": ("train (and test) a model; with no flags: the default model on Fashion-MNIST\n"
+              "Train a model, keep best/last checkpoints in a run folder, evaluate it on the test split.", _source, _train_flags),
+    "eval": ("evaluate a run's model on a data split\n"
+             "Evaluate a run's best model; writes eval.json and a confusion matrix into the run folder.",
+             lambda: [_run_dir(device=True)], _eval_flags),
+    "report": ("re-render a run's report.html from its eval.json and metrics.csv\n"
+               "Re-render RUN_DIR/report.html (self-contained, opens offline) without the model or data.",
+               lambda: [_run_dir()], _report_flags),
+    "predict": ("classify image files or folders\nPrint the top-k classes of each image.",
+                lambda: [_run_dir(device=True)], _predict_flags),
+    "lr-find": ("LR range test: plot loss against learning rate, suggest one\n"
+                "Train briefly with a growing learning rate; saves lr_find.png and prints a suggestion "
+                "(use it with --lr, or let `train --lr auto` run this test itself).", _source, _lr_find_flags),
+    "data": ("dataset tools: `imgcls data check DATA`\nDataset tools.", _none, _data_flags),
+    "export": ("export a run's model (ONNX or TorchScript) with its preprocessing, and check it against PyTorch\n"
+               "Write an artifact that takes raw uint8 images and returns probabilities (resize, scaling, "
+               "normalization, TTA and temperature inside), with class names and the input spec in its metadata; "
+               "then check it against `imgcls predict` on raw images of many shapes (top-1 agreement >= 99.9%, "
+               "probabilities within 1e-3).", lambda: [_run_dir()], _export_flags),
+    "serve": ("serve a run's model over HTTP, with a page to try it\n"
+              "POST /predict (multipart images) -> top-k JSON; GET /health, /info; GET / is a page; "
+              "OpenAPI docs at /docs. Binds to loopback unless --host says otherwise.", lambda: [_run_dir(device=True)], _serve_flags),
+    "models": ("list registered model names\nList model names; timm models are used as timm/<name>.", _none, _models_flags),
+}  # fmt: skip
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from imgcls import api
 
-    overrides = parse_overrides(args.set)
-    if args.strict:
-        overrides["data.strict"] = True
-    flags = {"model.pretrained": args.pretrained, "model.weights": args.weights, "model.freeze": args.freeze,
-             "train.patience": args.patience}  # fmt: skip
-    overrides |= {k: v for k, v in flags.items() if v is not None}
-    shorthands = {
-        "data": args.data,
-        "model": args.model,
-        "epochs": args.epochs,
-        "batch_size": args.batch_size,
-        "lr": args.lr,
-        "out": args.out,
-        "time": args.time,
-    }
-    if args.overwrite and not args.out:
+    overrides = overrides_of(args)
+    if args.overwrite and "out" not in overrides:
         raise ConfigError("--overwrite empties the run folder named by --out; give --out RUN_DIR")
-    if args.resume and (args.config or args.out or args.overwrite):
-        raise ConfigError(
-            "--resume continues a run with its own config.yaml and folder; drop --config/--out/--overwrite"
-        )
+    if args.resume and (args.config or "out" in overrides or args.overwrite):
+        raise ConfigError("--resume continues a run with its own config.yaml and folder; drop --config/--out/--overwrite")
     result = api.train(config=args.config, resume=args.resume, overrides=overrides, count_startup=True,
-                       overwrite=args.overwrite, **shorthands)  # fmt: skip
+                       overwrite=args.overwrite)  # fmt: skip
     if not _is_rank_zero():
         return 0
     if result.test:
@@ -257,14 +235,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_lr_find(args: argparse.Namespace) -> int:
     from imgcls import api
 
-    overrides = parse_overrides(args.set)
-    overrides |= {
-        k: v for k, v in {"model.pretrained": args.pretrained, "model.weights": args.weights}.items() if v
-    }
-    result = api.lr_find(
-        config=args.config, overrides=overrides, out=args.out, data=args.data, model=args.model,
-        batch_size=args.batch_size,
-    )  # fmt: skip
+    result = api.lr_find(config=args.config, overrides=overrides_of(args), out=args.out)
     if _is_rank_zero():
         print(f"suggested lr {result['suggestion']:.3g} ({result['recipe']}, {result['optimizer']}; "
               f"loss was lowest at {result['min_loss_lr']:.3g})  plot: {result['out']}/lr_find.png")  # fmt: skip
@@ -367,15 +338,6 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0 if names else 1
 
 
-def _lr(text: str) -> float | str:
-    if text == "auto":
-        return text
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--lr takes a number or auto, not {text!r}") from None
-
-
 def _is_rank_zero() -> bool:
     """Under torchrun only rank 0 prints; the others log warnings and errors only."""
     return int(os.environ.get("RANK", "0")) == 0
@@ -421,9 +383,6 @@ def main(argv: list[str] | None = None) -> int:
     except ImgclsError as e:  # a user mistake, or a run that cannot go on: one line, never a traceback
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
-    except FileNotFoundError as e:  # a path the user gave that is not there, met outside imgcls's own checks
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     finally:
         if "torch" in sys.modules:  # leave torchrun's process group cleanly
             from imgcls.utils import dist

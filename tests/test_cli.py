@@ -82,6 +82,25 @@ def test_repeated_set_flags_accumulate_for_every_command_that_takes_them():
         assert cli.build_parser().parse_args(argv).set == ["a.b=1", "c.d=2", "e.f=3"], command
 
 
+def test_each_flag_sets_its_config_key_and_wins_over_set():
+    argv = ["train", "--data", "digits", "--epochs", "3", "--lr", "auto", "--strict", "--pretrained", "--out", "r",
+            "--time", "20s", "--set", "train.epochs=9", "optim.momentum=0.8"]  # fmt: skip
+    overrides = cli.overrides_of(cli.build_parser().parse_args(argv))
+    assert overrides == {"data.name": "digits", "train.epochs": 3, "optim.lr": "auto", "data.strict": True,
+                         "model.pretrained": True, "out": "r", "train.time": "20s", "optim.momentum": 0.8}  # fmt: skip
+    assert cli.overrides_of(cli.build_parser().parse_args(["train"])) == {}  # absent flags set nothing
+
+
+def test_every_config_flag_names_a_real_key():
+    from imgcls.config import Config
+
+    keys = {key for key, _ in cli.FLAGS.values() if key}
+    assert len(keys) >= 10
+    for key in keys:
+        section, _, name = key.partition(".")
+        assert hasattr(getattr(Config(), section), name), key
+
+
 def test_settings_given_by_repeated_set_reach_the_run(image_tree: Path, tmp_path: Path):
     run = tmp_path / "run"
     argv = ["train", "--data", str(image_tree), "--model", "tutorial-cnn", "--out", str(run), "--epochs", "1",

@@ -53,3 +53,15 @@ def test_the_cli_turns_any_imgcls_error_into_one_line_with_its_exit_code(monkeyp
     monkeypatch.setattr(cli, "cmd_models", lambda args: 1 / 0)  # a bug is not a user mistake: it surfaces
     with pytest.raises(ZeroDivisionError):
         cli.main(["models"])
+
+
+def test_a_missing_file_inside_imgcls_is_a_bug_with_its_traceback(monkeypatch):
+    """Only user mistakes become one line: a FileNotFoundError that imgcls's own checks did not turn into an
+    ImgclsError is a bug, and it surfaces (it used to be hidden as a one-line exit 2)."""
+
+    def lost(args):
+        open("/nonexistent/internal/file")
+
+    monkeypatch.setattr(cli, "cmd_models", lost)
+    with pytest.raises(FileNotFoundError):
+        cli.main(["models"])
