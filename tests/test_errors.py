@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import pkgutil
+from pathlib import Path
 
 import pytest
 
@@ -60,7 +61,7 @@ def test_a_missing_file_inside_imgcls_is_a_bug_with_its_traceback(monkeypatch):
     ImgclsError is a bug, and it surfaces (it used to be hidden as a one-line exit 2)."""
 
     def lost(args):
-        open("/nonexistent/internal/file")
+        Path("/nonexistent/internal/file").read_text()
 
     monkeypatch.setattr(cli, "cmd_models", lost)
     with pytest.raises(FileNotFoundError):
