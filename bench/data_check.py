@@ -52,8 +52,10 @@ def main() -> None:
     start = time.perf_counter()
     builtin = check(fm)
     builtin_s = time.perf_counter() - start
-    print(f"built-in fashion-mnist (70,000 tensors): {builtin_s:.1f} s, findings: "
-          + ", ".join(f"{f.kind} {f.count}" for f in builtin.findings))  # fmt: skip
+    print(
+        f"built-in fashion-mnist (70,000 tensors): {builtin_s:.1f} s, findings: "
+        + ", ".join(f"{f.kind} {f.count}" for f in builtin.findings)
+    )
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         write_pngs(root / "train", fm.train.images.numpy(), fm.train.labels.numpy(), fm.classes)
@@ -63,17 +65,22 @@ def main() -> None:
         start = time.perf_counter()
         folder = check(open_dataset(DataConfig(name=str(root), val_split=0.0)))
         folder_s = time.perf_counter() - start
-    print(f"folder of {len(paths)} PNGs: doctor {folder_s:.1f} s vs decode-only baseline {baseline_s:.1f} s "
-          f"({folder_s / baseline_s:.1f}x the bare decode)")  # fmt: skip
-    path = save("data-check", {
-        "builtin_seconds": round(builtin_s, 2),
-        "folder_seconds": round(folder_s, 2),
-        "decode_only_seconds": round(baseline_s, 2),
-        "ratio_vs_decode_only": round(folder_s / baseline_s, 2),
-        "images": len(paths),
-        "findings_builtin": {f.kind: f.count for f in builtin.findings},
-        "findings_folder": {f.kind: f.count for f in folder.findings},
-    })  # fmt: skip
+    print(
+        f"folder of {len(paths)} PNGs: doctor {folder_s:.1f} s vs decode-only baseline {baseline_s:.1f} s "
+        f"({folder_s / baseline_s:.1f}x the bare decode)"
+    )
+    path = save(
+        "data-check",
+        {
+            "builtin_seconds": round(builtin_s, 2),
+            "folder_seconds": round(folder_s, 2),
+            "decode_only_seconds": round(baseline_s, 2),
+            "ratio_vs_decode_only": round(folder_s / baseline_s, 2),
+            "images": len(paths),
+            "findings_builtin": {f.kind: f.count for f in builtin.findings},
+            "findings_folder": {f.kind: f.count for f in folder.findings},
+        },
+    )
     print(f"saved {path}")
 
 

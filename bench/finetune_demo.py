@@ -30,8 +30,15 @@ WIDTH = 16
 COMMON = {"model.width": WIDTH, "log.progress": False, "data.batch_size": 16, "train.label_smoothing": 0.1}
 
 
-def write_split(root: Path, images: np.ndarray, labels: np.ndarray, classes: list[str], keep: range,
-                per_class: int | None, seed: int) -> None:  # fmt: skip
+def write_split(
+    root: Path,
+    images: np.ndarray,
+    labels: np.ndarray,
+    classes: list[str],
+    keep: range,
+    per_class: int | None,
+    seed: int,
+) -> None:
     """PNG files root/<class>/<i>.png for the classes in `keep` (optionally `per_class` random ones each)."""
     rng = np.random.default_rng(seed)
     for c in keep:
@@ -110,12 +117,17 @@ def main() -> None:
             f"mean test accuracy on classes 5-9 (5,000 images), {budget}: "
             + "  ".join(f"{k} {v:.4f}" for k, v in means.items())
         )
-    path = save("finetune-demo", {
-        "setup": f"pretrain smallnet width {WIDTH} on Fashion-MNIST classes 0-4 (30,000 images, 6 epochs); "
-                 f"then {FEW} training images per class of classes 5-9, {args.epochs} epochs, batch 16, "
-                 "test on all 5,000 test images of classes 5-9",
-        "pretrain": pretrain, "runs": rows, "mean": summary,
-    })  # fmt: skip
+    path = save(
+        "finetune-demo",
+        {
+            "setup": f"pretrain smallnet width {WIDTH} on Fashion-MNIST classes 0-4 (30,000 images, 6 epochs); "
+            f"then {FEW} training images per class of classes 5-9, {args.epochs} epochs, batch 16, "
+            "test on all 5,000 test images of classes 5-9",
+            "pretrain": pretrain,
+            "runs": rows,
+            "mean": summary,
+        },
+    )
     print(f"saved {path}")
 
 

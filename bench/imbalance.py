@@ -30,9 +30,14 @@ def main() -> None:
     fm = open_dataset(DataConfig(name="fashion-mnist", val_split=0.0))
     x, y = fm.train.images.numpy(), fm.train.labels.numpy()
     rng = np.random.default_rng(0)
-    keep = np.concatenate([np.flatnonzero(y == c) if c not in RARE else
-                           rng.choice(np.flatnonzero(y == c), int(KEEP * (y == c).sum()), replace=False)
-                           for c in range(10)])  # fmt: skip
+    keep = np.concatenate(
+        [
+            np.flatnonzero(y == c)
+            if c not in RARE
+            else rng.choice(np.flatnonzero(y == c), int(KEEP * (y == c).sum()), replace=False)
+            for c in range(10)
+        ]
+    )
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -41,8 +46,12 @@ def main() -> None:
             root / "test", fm.test.images.numpy(), fm.test.labels.numpy(), fm.classes, range(10), None, 0
         )
         for name, over in RUNS.items():
-            out = imgcls.train(data=str(root), epochs=4, out=root / "runs" / name.replace("=", "-"),
-                               overrides={"log.progress": False, **over})  # fmt: skip
+            out = imgcls.train(
+                data=str(root),
+                epochs=4,
+                out=root / "runs" / name.replace("=", "-"),
+                overrides={"log.progress": False, **over},
+            )
             per = out.test["per_class"]
             rare = [fm.classes[c] for c in RARE]
             results[name] = {
@@ -55,8 +64,10 @@ def main() -> None:
                 "recall": {c: per[c]["recall"] for c in per},
             }
             r = results[name]
-            print(f"{name:20s} accuracy {r['accuracy']:.4f}  macro F1 {r['f1_macro']:.4f}  "
-                  f"recall rare {r['rare_recall_mean']:.4f}  common {r['common_recall_mean']:.4f}")  # fmt: skip
+            print(
+                f"{name:20s} accuracy {r['accuracy']:.4f}  macro F1 {r['f1_macro']:.4f}  "
+                f"recall rare {r['rare_recall_mean']:.4f}  common {r['common_recall_mean']:.4f}"
+            )
     print(f"saved {save('imbalance', {'setup': __doc__.split(chr(10) + chr(10))[0], 'runs': results})}")
 
 

@@ -45,10 +45,16 @@ def main() -> None:
         for name, folder in (("28px PNG", pngs), ("512px JPEG", jpgs)):
             files = sorted(p for p in folder.rglob("*") if p.is_file())
             baseline, parallel = rate(predictor, files, workers=0), rate(predictor, files, workers=None)
-            results[name] = {"images": len(files), "baseline_img_s": round(baseline), "imgcls_img_s": round(parallel),
-                             "speedup": round(parallel / baseline, 2)}  # fmt: skip
-            print(f"{len(files)} {name}: decoding in the main process {baseline:,.0f} img/s, imgcls predict "
-                  f"{parallel:,.0f} img/s ({parallel / baseline:.2f}x)")  # fmt: skip
+            results[name] = {
+                "images": len(files),
+                "baseline_img_s": round(baseline),
+                "imgcls_img_s": round(parallel),
+                "speedup": round(parallel / baseline, 2),
+            }
+            print(
+                f"{len(files)} {name}: decoding in the main process {baseline:,.0f} img/s, imgcls predict "
+                f"{parallel:,.0f} img/s ({parallel / baseline:.2f}x)"
+            )
     save("predict-files", {"run": args.run_dir, "results": results})
 
 

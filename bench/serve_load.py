@@ -46,8 +46,13 @@ async def hammer(url: str, seconds: float, clients: int, payload: bytes) -> dict
     async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=clients)) as http:
         await asyncio.gather(*(client(http) for _ in range(clients)))
     latencies.sort()
-    return {"requests_per_s": round(len(latencies) / seconds, 1), "p50_ms": round(1000 * statistics.median(latencies), 1),
-            "p99_ms": round(1000 * latencies[int(0.99 * (len(latencies) - 1))], 1), "ok": len(latencies), "errors": errors}  # fmt: skip
+    return {
+        "requests_per_s": round(len(latencies) / seconds, 1),
+        "p50_ms": round(1000 * statistics.median(latencies), 1),
+        "p99_ms": round(1000 * latencies[int(0.99 * (len(latencies) - 1))], 1),
+        "ok": len(latencies),
+        "errors": errors,
+    }
 
 
 def main() -> None:
@@ -61,8 +66,20 @@ def main() -> None:
     results = {}
     for name, window in (("no batching", 0), ("batching 5 ms", 5)):
         port = free_port()
-        server = subprocess.Popen([sys.executable, "-m", "imgcls", "-q", "serve", args.run_dir, "--port", str(port),
-                                   "--batch-window-ms", str(window)])  # fmt: skip
+        server = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "imgcls",
+                "-q",
+                "serve",
+                args.run_dir,
+                "--port",
+                str(port),
+                "--batch-window-ms",
+                str(window),
+            ]
+        )
         try:
             for _ in range(200):
                 try:

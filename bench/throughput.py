@@ -35,7 +35,9 @@ def train_step_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, dtype: tor
     return step
 
 
-def finite_check_step_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, dtype: torch.dtype | None, every: int):
+def finite_check_step_fn(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, dtype: torch.dtype | None, every: int
+):
     """A training step with the loop's non-finite-loss check: read on the host every step (every=1, before
     issue 11) or kept as a device-side flag read every `every` steps (what `fit` does now)."""
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, foreach=True)
@@ -120,9 +122,13 @@ def main() -> None:
     print("conv 3x3 peak (fwd+bwd): " + ", ".join(f"{k} {v / 1e9:.0f} GFLOP/s" for k, v in peaks.items()))
 
     models = [
-        ("smallnet", {"width": 8}), ("smallnet", {"width": 16}), ("smallnet", {"width": 32}),
-        ("tutorial-cnn", {}), ("resnet18", {}), ("resnet18", {"small_stem": True}),
-    ]  # fmt: skip
+        ("smallnet", {"width": 8}),
+        ("smallnet", {"width": 16}),
+        ("smallnet", {"width": 32}),
+        ("tutorial-cnn", {}),
+        ("resnet18", {}),
+        ("resnet18", {"small_stem": True}),
+    ]
     rows = []
     for name, arch in models:
         model = build_model(name, num_classes=10, in_chans=1, input_size=args.size, **arch).to(device)
@@ -198,17 +204,23 @@ def finite_check_rows(device: torch.device, dtype: torch.dtype | None, args: arg
     """The default model's step with a host sync per step (before) and every 50 steps (after), same run."""
     model = build_model("smallnet", num_classes=10, in_chans=1, input_size=args.size, width=8).to(device)
     model = model.to(memory_format=torch.channels_last)
-    x = torch.rand(args.batch, 1, args.size, args.size, device=device).contiguous(memory_format=torch.channels_last)
+    x = torch.rand(args.batch, 1, args.size, args.size, device=device).contiguous(
+        memory_format=torch.channels_last
+    )
     y = torch.randint(0, 10, (args.batch,), device=device)
     result = {}
     for _ in range(2):  # alternate, so a busy moment does not favour one side
         for name, every in (("sync_every_step", 1), ("sync_every_50_steps", 50)):
-            img_s = rate(finite_check_step_fn(model, x, y, dtype, every), args.batch, args.seconds / 2, device)
+            img_s = rate(
+                finite_check_step_fn(model, x, y, dtype, every), args.batch, args.seconds / 2, device
+            )
             result[name] = max(result.get(name, 0.0), round(img_s))
     result["speedup"] = round(result["sync_every_50_steps"] / result["sync_every_step"], 3)
-    print(f"non-finite check, smallnet w8: every step {result['sync_every_step']} img/s, every 50 steps "
-          f"{result['sync_every_50_steps']} img/s ({result['speedup']}x); "
-          f"saved {save(f'nonfinite-check-{device.type}', {'batch': args.batch, 'size': args.size, **result})}")  # fmt: skip
+    print(
+        f"non-finite check, smallnet w8: every step {result['sync_every_step']} img/s, every 50 steps "
+        f"{result['sync_every_50_steps']} img/s ({result['speedup']}x); "
+        f"saved {save(f'nonfinite-check-{device.type}', {'batch': args.batch, 'size': args.size, **result})}"
+    )
     return result
 
 

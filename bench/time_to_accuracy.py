@@ -79,9 +79,13 @@ class TutorialCNN(nn.Module):
     def __init__(self, num_classes: int = 10) -> None:
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        )  # fmt: skip
+            nn.Conv2d(1, 16, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+        )
         self.fc = nn.Linear(7 * 7 * 32, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -147,9 +151,14 @@ def main() -> None:
 
     to_tensor = v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True)])
     results["tutorial"] = baseline(
-        "tutorial", TutorialCNN(), to_tensor, to_tensor, 64, args.tutorial_epochs,
+        "tutorial",
+        TutorialCNN(),
+        to_tensor,
+        to_tensor,
+        64,
+        args.tutorial_epochs,
         lambda m, steps: (torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9), None),
-    )  # fmt: skip
+    )
     norm = v2.Normalize([0.286], [0.353])
     timm_train = v2.Compose(
         [v2.ToImage(), v2.RandomHorizontalFlip(), v2.ToDtype(torch.float32, scale=True), norm]
@@ -161,9 +170,15 @@ def main() -> None:
         return opt, torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps)
 
     results["timm-resnet18"] = baseline(
-        "resnet18", timm.create_model("resnet18", num_classes=10, in_chans=1), timm_train, timm_test, 256,
-        args.timm_epochs, adamw_onecycle, dtype=torch.bfloat16,
-    )  # fmt: skip
+        "resnet18",
+        timm.create_model("resnet18", num_classes=10, in_chans=1),
+        timm_train,
+        timm_test,
+        256,
+        args.timm_epochs,
+        adamw_onecycle,
+        dtype=torch.bfloat16,
+    )
 
     summary = {}
     print(

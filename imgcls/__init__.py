@@ -14,7 +14,18 @@ from imgcls._version import __version__
 
 # The public functions live in imgcls.api; they are imported on first use, so `imgcls --help` and config
 # checks stay instant. No submodule may share one of these names: importing it would shadow the function.
-API = ("train", "evaluate", "report", "load", "predict", "export", "serve", "lr_find", "check_data", "make_config")
+API = (
+    "train",
+    "evaluate",
+    "report",
+    "load",
+    "predict",
+    "export",
+    "serve",
+    "lr_find",
+    "check_data",
+    "make_config",
+)
 __all__ = [*API, "__version__"]
 
 

@@ -30,186 +30,6 @@ def _lr(text: str) -> float | str:
         raise argparse.ArgumentTypeError(f"--lr takes a number or auto, not {text!r}") from None
 
 
-# name: (config key, argparse options); commands pick them by name. A table, one flag per line, so ruff's
-# formatter (which would put each option on a line of its own) is off for it.
-# fmt: off
-FLAGS: dict[str, tuple[str | None, dict[str, Any]]] = {
-    "--data": ("data.name", {"help": "built-in name (fashion-mnist, mnist, cifar10, cifar100, digits), a folder, or a CSV manifest"}),
-    "--model": ("model.name", {"help": "model name (see `imgcls models`), e.g. smallnet, resnet18, timm/convnext_nano"}),
-    "--pretrained": ("model.pretrained", {"action": "store_const", "const": True, "help": "start from the architecture's ImageNet weights (torchvision/timm) and fine-tune"}),
-    "--weights": ("model.weights", {"metavar": "FILE|RUN_DIR", "help": "start from local weights: a torchvision/timm .pth/.safetensors, or an imgcls run folder"}),
-    "--batch-size": ("data.batch_size", {"type": int}),
-    "--epochs": ("train.epochs", {"type": int}),
-    "--time": ("train.time", {"help": "time budget for the whole run, e.g. 90s, 5m, 1h (plans the schedule to end on time)"}),
-    "--lr": ("optim.lr", {"type": _lr, "help": "peak learning rate, or auto (an LR range test picks it)"}),
-    "--freeze": ("model.freeze", {"metavar": "auto|none|N|backbone", "help": "fine-tuning: what stays frozen after the head-only phase (backbone: linear probing)"}),
-    "--patience": ("train.patience", {"type": int, "help": "stop when validation accuracy has not improved for N epochs"}),
-    "--strict": ("data.strict", {"action": "store_const", "const": True, "help": "unreadable images are an error, not a counted skip"}),
-    "--config": (None, {"help": "a YAML file of config sections (see configs/)"}),
-    "--set": (None, {"nargs": "+", "action": "extend", "default": [], "metavar": "KEY=VALUE", "help": "config overrides, e.g. optim.name=adamw train.amp=off (repeatable)"}),
-    "--device": (None, {"default": "auto", "help": "auto, cpu, cuda, cuda:1, mps"}),
-    "--json": (None, {"action": "store_true", "help": "print results as JSON on stdout"}),
-    "--split": (None, {"choices": ["test", "val"], "default": "test"}),
-}
-# fmt: on
-
-
-def _flags(parser: argparse.ArgumentParser, *names: str, **changes: dict[str, Any]) -> argparse.ArgumentParser:
-    """Adds the named FLAGS to `parser`; `changes` adjusts one flag's options for this command (e.g. help)."""
-    for name in names:
-        key, options = FLAGS[name]
-        options = {**options, **changes.get(name.lstrip("-").replace("-", "_"), {})}
-        if key:  # the help names the key, so the flag and its --set / YAML spelling are found together
-            options["help"] = f"{options.get('help', '')} [{key}]".lstrip()
-            if "const" not in options:
-                options.setdefault("metavar", name.lstrip("-").upper().replace("-", "_"))
-            options["dest"] = KEY_PREFIX + key
-        parser.add_argument(name, **options)
-    return parser
-
-
-def _parent(*names: str, **changes: dict[str, Any]) -> argparse.ArgumentParser:
-    return _flags(argparse.ArgumentParser(add_help=False), *names, **changes)
-
-
-def _run_dir(*, device: bool = False) -> argparse.ArgumentParser:
-    parent = argparse.ArgumentParser(add_help=False)
-    parent.add_argument("run_dir", metavar="RUN_DIR")
-    return _flags(parent, "--device") if device else parent
-
-
-def overrides_of(args: argparse.Namespace) -> dict[str, Any]:
-    """--set overrides, then every given flag that names a config key (flags win)."""
-    overrides = parse_overrides(getattr(args, "set", []))
-    given = {k.removeprefix(KEY_PREFIX): v for k, v in vars(args).items() if k.startswith(KEY_PREFIX) and v is not None}
-    return overrides | given
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="imgcls", description="Train, evaluate and use image classifiers.")
-    parser.add_argument("--version", action="version", version=f"imgcls {__version__}")
-    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors on stderr")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name, (help_text, parents, add_flags) in COMMANDS.items():
-        summary, _, description = help_text.partition("\n")
-        add_flags(sub.add_parser(name, help=summary, description=description or summary, parents=parents()))
-    return parser
-
-
-def _train_flags(p: argparse.ArgumentParser) -> None:
-    _flags(p, "--epochs", "--time", "--lr", "--freeze", "--patience", "--strict")
-    p.add_argument("--out", dest=KEY_PREFIX + "out", metavar="OUT", help="run folder (default: runs/<data>-<model>-<time>) [out]")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
-    p.add_argument("--overwrite", action="store_true", help="--out names an earlier run folder: empty it and start anew")
-    p.set_defaults(func=cmd_train)
-
-
-def _eval_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", help="data to evaluate on (default: the data the run was trained on)")
-    _flags(p, "--split", "--json")
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--tta", choices=["flip", "off"], help="evaluate with/without flip TTA (both are reported); kept for the model")
-    p.add_argument("--calibrate", action="store_true",
-                   help="fit temperature scaling on the validation split, store it with the model, report ECE before/after")  # fmt: skip
-    p.set_defaults(func=cmd_eval)
-
-
-def _predict_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("paths", nargs="+", metavar="PATH",
-                   help="image files, folders (searched recursively), globs ('photos/**/*.jpg') or a CSV manifest")  # fmt: skip
-    p.add_argument("--out", metavar="FILE", help="write predictions to FILE.csv or FILE.jsonl")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--backend", choices=["torch", "onnx", "torchscript"], default="torch",
-                   help="run the exported artifact (imgcls export) instead of PyTorch; RUN_DIR may be the file")  # fmt: skip
-    p.add_argument("--top-k", type=int, default=5)
-    _flags(p, "--json", json={"help": "one JSON object per line on stdout"})
-    p.set_defaults(func=cmd_predict)
-
-
-def _lr_find_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", help="folder for lr_find.png/json (default: runs/lr-find-<data>-<model>-<time>)")
-    p.set_defaults(func=cmd_lr_find)
-
-
-def _data_flags(p: argparse.ArgumentParser) -> None:
-    tools = p.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
-    c = tools.add_parser("check", parents=[_parent("--set", set={"help": "data.* settings, e.g. data.test_split=0.2"})],
-                         help="diagnose a dataset: broken/odd files, class balance, duplicates and leakage, mean/std",
-                         description="Check a folder, CSV manifest or built-in dataset. Prints a summary, writes a JSON "
-                         "report; exit code 0 when there are no errors (warnings allowed), 1 when there are.")  # fmt: skip
-    c.add_argument("data", metavar="DATA")
-    c.add_argument("--out", default="data-check.json", help="JSON report path (default: data-check.json)")
-    c.add_argument("--no-near", action="store_true", help="skip the near-duplicate search")
-    c.add_argument("--html", metavar="FILE", help="also write a page with thumbnails of every named image")
-    c.set_defaults(func=cmd_data_check)
-
-
-def _export_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
-    p.add_argument("--layout", choices=["nhwc", "nchw"], default="nhwc", help="input layout (default N,H,W,C)")
-    p.add_argument("--out", help="artifact path (default: RUN_DIR/model.onnx or RUN_DIR/model.torchscript.pt)")
-    p.add_argument("--check-images", metavar="DIR",
-                   help="check the artifact on these images (default: the run's validation images; synthetic if gone)")  # fmt: skip
-    p.add_argument("--int8", action="store_true",
-                   help="also write MODEL.int8.onnx (static quantization calibrated on training images); reports accuracy and speed")  # fmt: skip
-    p.set_defaults(func=cmd_export)
-
-
-def _serve_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--batch-window-ms", type=float, default=5.0, help="batch requests arriving within this window; 0: off")
-    p.add_argument("--max-mb", type=float, default=10.0, help="upload size limit per file (MB)")
-    p.set_defaults(func=cmd_serve)
-
-
-def _report_flags(p: argparse.ArgumentParser) -> None:
-    _flags(p, "--split")
-    p.set_defaults(func=cmd_report)
-
-
-def _models_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("pattern", nargs="?", default="*", help="wildcard filter, e.g. 'resnet*' or 'timm/*convnext*'")
-    p.set_defaults(func=cmd_models)
-
-
-def _none() -> list[argparse.ArgumentParser]:
-    return []
-
-
-def _source() -> list[argparse.ArgumentParser]:
-    """What to train on and from: shared by train and lr-find."""
-    return [_parent("--data", "--model", "--pretrained", "--weights", "--batch-size", "--config", "--set")]
-
-
-# name: (help line [newline, description], its parent parsers, its own flags). A table, hence fmt: skip.
-COMMANDS = {
-    "train": ("train (and test) a model; with no flags: the default model on Fashion-MNIST\n"
-              "Train a model, keep best/last checkpoints in a run folder, evaluate it on the test split.", _source, _train_flags),
-    "eval": ("evaluate a run's model on a data split\n"
-             "Evaluate a run's best model; writes eval.json and a confusion matrix into the run folder.",
-             lambda: [_run_dir(device=True)], _eval_flags),
-    "report": ("re-render a run's report.html from its eval.json and metrics.csv\n"
-               "Re-render RUN_DIR/report.html (self-contained, opens offline) without the model or data.",
-               lambda: [_run_dir()], _report_flags),
-    "predict": ("classify image files or folders\nPrint the top-k classes of each image.",
-                lambda: [_run_dir(device=True)], _predict_flags),
-    "lr-find": ("LR range test: plot loss against learning rate, suggest one\n"
-                "Train briefly with a growing learning rate; saves lr_find.png and prints a suggestion "
-                "(use it with --lr, or let `train --lr auto` run this test itself).", _source, _lr_find_flags),
-    "data": ("dataset tools: `imgcls data check DATA`\nDataset tools.", _none, _data_flags),
-    "export": ("export a run's model (ONNX or TorchScript) with its preprocessing, and check it against PyTorch\n"
-               "Write an artifact that takes raw uint8 images and returns probabilities (resize, scaling, "
-               "normalization, TTA and temperature inside), with class names and the input spec in its metadata; "
-               "then check it against `imgcls predict` on raw images of many shapes (top-1 agreement >= 99.9%, "
-               "probabilities within 1e-3).", lambda: [_run_dir()], _export_flags),
-    "serve": ("serve a run's model over HTTP, with a page to try it\n"
-              "POST /predict (multipart images) -> top-k JSON; GET /health, /info; GET / is a page; "
-              "OpenAPI docs at /docs. Binds to loopback unless --host says otherwise.", lambda: [_run_dir(device=True)], _serve_flags),
-    "models": ("list registered model names\nList model names; timm models are used as timm/<name>.", _none, _models_flags),
-}  # fmt: skip
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     from imgcls import api
 
@@ -217,9 +37,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.overwrite and "out" not in overrides:
         raise ConfigError("--overwrite empties the run folder named by --out; give --out RUN_DIR")
     if args.resume and (args.config or "out" in overrides or args.overwrite):
-        raise ConfigError("--resume continues a run with its own config.yaml and folder; drop --config/--out/--overwrite")
-    result = api.train(config=args.config, resume=args.resume, overrides=overrides, count_startup=True,
-                       overwrite=args.overwrite)  # fmt: skip
+        raise ConfigError(
+            "--resume continues a run with its own config.yaml and folder; drop --config/--out/--overwrite"
+        )
+    result = api.train(
+        config=args.config,
+        resume=args.resume,
+        overrides=overrides,
+        count_startup=True,
+        overwrite=args.overwrite,
+    )
     if not _is_rank_zero():
         return 0
     if result.test:
@@ -237,8 +64,10 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
 
     result = api.lr_find(config=args.config, overrides=overrides_of(args), out=args.out)
     if _is_rank_zero():
-        print(f"suggested lr {result['suggestion']:.3g} ({result['recipe']}, {result['optimizer']}; "
-              f"loss was lowest at {result['min_loss_lr']:.3g})  plot: {result['out']}/lr_find.png")  # fmt: skip
+        print(
+            f"suggested lr {result['suggestion']:.3g} ({result['recipe']}, {result['optimizer']}; "
+            f"loss was lowest at {result['min_loss_lr']:.3g})  plot: {result['out']}/lr_find.png"
+        )
         print(f"use it: imgcls train ... --lr {result['suggestion']:.3g}   (or --lr auto)")
     return 0
 
@@ -250,7 +79,11 @@ def cmd_data_check(args: argparse.Namespace) -> int:
 
     try:
         report = api.check_data(
-            args.data, out=args.out, overrides=parse_overrides(args.set), near=not args.no_near, html=args.html
+            args.data,
+            out=args.out,
+            overrides=parse_overrides(args.set),
+            near=not args.no_near,
+            html=args.html,
         )
     except DataError as e:  # no usable data at all (an empty folder or manifest) is the check's finding
         print(f"error: {e}", file=sys.stderr)
@@ -295,34 +128,64 @@ def cmd_predict(args: argparse.Namespace) -> int:
             top = "  ".join(f"{t['label']} {t['probability']:.3f}" for t in pred["top_k"])
             print(f"{pred['path']}: {top}")
 
-    summary = api.predict(args.run_dir, args.paths, out=args.out, top_k=args.top_k, device=args.device,
-                          batch_size=args.batch_size, on_prediction=show, backend=args.backend)  # fmt: skip
+    summary = api.predict(
+        args.run_dir,
+        args.paths,
+        out=args.out,
+        top_k=args.top_k,
+        device=args.device,
+        batch_size=args.batch_size,
+        on_prediction=show,
+        backend=args.backend,
+    )
     if args.out:
-        print(f"{summary['count']} predictions written to {args.out}" + (f"; accuracy {summary['accuracy']:.4f} on "
-              f"{summary['labelled']} labelled images" if "accuracy" in summary else ""))  # fmt: skip
+        print(
+            f"{summary['count']} predictions written to {args.out}"
+            + (
+                f"; accuracy {summary['accuracy']:.4f} on {summary['labelled']} labelled images"
+                if "accuracy" in summary
+                else ""
+            )
+        )
     return 0 if summary["count"] else 1
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     from imgcls import api
 
-    r = api.export(args.run_dir, args.format, out=args.out, layout=args.layout, int8=args.int8,
-                   check_images=args.check_images)  # fmt: skip
-    print(f"{r.path}: top-1 agreement with PyTorch {r.agreement:.2%}, max probability difference "
-          f"{r.max_prob_diff:.1e} on {r.checked} images of many shapes ({r.check_source}; {r.seconds:.1f}s)")  # fmt: skip
+    r = api.export(
+        args.run_dir,
+        args.format,
+        out=args.out,
+        layout=args.layout,
+        int8=args.int8,
+        check_images=args.check_images,
+    )
+    print(
+        f"{r.path}: top-1 agreement with PyTorch {r.agreement:.2%}, max probability difference "
+        f"{r.max_prob_diff:.1e} on {r.checked} images of many shapes ({r.check_source}; {r.seconds:.1f}s)"
+    )
     if r.int8:
         q = r.int8
-        print(f"{q['path']}: accuracy {q['accuracy_fp32']:.4f} -> {q['accuracy_int8']:.4f}, top-1 agreement "
-              f"{q['top1_agreement']:.2%}, {q['images_per_s_fp32']} -> {q['images_per_s_int8']} images/s "
-              f"({q['speedup']:.2f}x)")  # fmt: skip
+        print(
+            f"{q['path']}: accuracy {q['accuracy_fp32']:.4f} -> {q['accuracy_int8']:.4f}, top-1 agreement "
+            f"{q['top1_agreement']:.2%}, {q['images_per_s_fp32']} -> {q['images_per_s_int8']} images/s "
+            f"({q['speedup']:.2f}x)"
+        )
     return 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from imgcls import api
 
-    api.serve(args.run_dir, host=args.host, port=args.port, device=args.device,
-              batch_window_ms=args.batch_window_ms, max_bytes=int(args.max_mb * (1 << 20)))  # fmt: skip
+    api.serve(
+        args.run_dir,
+        host=args.host,
+        port=args.port,
+        device=args.device,
+        batch_window_ms=args.batch_window_ms,
+        max_bytes=int(args.max_mb * (1 << 20)),
+    )
     return 0
 
 
@@ -336,6 +199,146 @@ def cmd_models(args: argparse.Namespace) -> int:
         names = [f"timm/{n}" for n in timm.list_models(args.pattern[len("timm/") :])]
     print("\n".join(names) if names else f"no model matches {args.pattern!r}")
     return 0 if names else 1
+
+
+# Every flag, declared once: name -> (config key or None, argparse options). Shared flags first; a command's
+# own flags under its name (an --out or --batch-size means something different per command). Tables, one
+# flag per line, so ruff's formatter (which would give each option a line of its own) is off for them.
+# fmt: off
+SHARED = {
+    "--data": ("data.name", {"help": "built-in name (fashion-mnist, mnist, cifar10, cifar100, digits), a folder, or a CSV manifest"}),
+    "--model": ("model.name", {"help": "model name (see `imgcls models`), e.g. smallnet, resnet18, timm/convnext_nano"}),
+    "--pretrained": ("model.pretrained", {"action": "store_const", "const": True, "help": "start from the architecture's ImageNet weights (torchvision/timm) and fine-tune"}),
+    "--weights": ("model.weights", {"metavar": "FILE|RUN_DIR", "help": "start from local weights: a torchvision/timm .pth/.safetensors, or an imgcls run folder"}),
+    "--batch-size": ("data.batch_size", {"type": int}),
+    "--config": (None, {"help": "a YAML file of config sections (see configs/)"}),
+    "--set": (None, {"nargs": "+", "action": "extend", "default": [], "metavar": "KEY=VALUE", "help": "config overrides, e.g. optim.name=adamw train.amp=off (repeatable)"}),
+    "run_dir": (None, {"metavar": "RUN_DIR"}),
+    "--device": (None, {"default": "auto", "help": "auto, cpu, cuda, cuda:1, mps"}),
+}
+OWN = {
+    "train": {
+        "--epochs": ("train.epochs", {"type": int}),
+        "--time": ("train.time", {"help": "time budget for the whole run, e.g. 90s, 5m, 1h (plans the schedule to end on time)"}),
+        "--lr": ("optim.lr", {"type": _lr, "help": "peak learning rate, or auto (an LR range test picks it)"}),
+        "--freeze": ("model.freeze", {"metavar": "auto|none|N|backbone", "help": "fine-tuning: what stays frozen after the head-only phase (backbone: linear probing)"}),
+        "--patience": ("train.patience", {"type": int, "help": "stop when validation accuracy has not improved for N epochs"}),
+        "--strict": ("data.strict", {"action": "store_const", "const": True, "help": "unreadable images are an error, not a counted skip"}),
+        "--out": ("out", {"help": "run folder (default: runs/<data>-<model>-<time>)"}),
+        "--resume": (None, {"metavar": "RUN_DIR", "help": "continue a run from its last checkpoint"}),
+        "--overwrite": (None, {"action": "store_true", "help": "--out names an earlier run folder: empty it and start anew"}),
+    },
+    "eval": {
+        "--data": (None, {"help": "data to evaluate on (default: the data the run was trained on)"}),
+        "--split": (None, {"choices": ["test", "val"], "default": "test"}),
+        "--batch-size": (None, {"type": int}),
+        "--json": (None, {"action": "store_true", "help": "print the metrics as one JSON object on stdout"}),
+        "--tta": (None, {"choices": ["flip", "off"], "help": "evaluate with/without flip TTA (both are reported); kept for the model"}),
+        "--calibrate": (None, {"action": "store_true", "help": "fit temperature scaling on the validation split, store it with the model, report ECE before/after"}),
+    },
+    "report": {"--split": (None, {"choices": ["test", "val"], "default": "test"})},
+    "predict": {
+        "paths": (None, {"nargs": "+", "metavar": "PATH", "help": "image files, folders (searched recursively), globs ('photos/**/*.jpg') or a CSV manifest"}),
+        "--out": (None, {"metavar": "FILE", "help": "write predictions to FILE.csv or FILE.jsonl"}),
+        "--batch-size": (None, {"type": int, "default": 256}),
+        "--backend": (None, {"choices": ["torch", "onnx", "torchscript"], "default": "torch", "help": "run the exported artifact (imgcls export) instead of PyTorch; RUN_DIR may be the file"}),
+        "--top-k": (None, {"type": int, "default": 5}),
+        "--json": (None, {"action": "store_true", "help": "one JSON object per line on stdout"}),
+    },
+    "lr-find": {"--out": (None, {"help": "folder for lr_find.png/json (default: runs/lr-find-<data>-<model>-<time>)"})},
+    "data check": {
+        "data": (None, {"metavar": "DATA"}),
+        "--out": (None, {"default": "data-check.json", "help": "JSON report path (default: data-check.json)"}),
+        "--no-near": (None, {"action": "store_true", "help": "skip the near-duplicate search"}),
+        "--html": (None, {"metavar": "FILE", "help": "also write a page with thumbnails of every named image"}),
+        "--set": (None, {"nargs": "+", "action": "extend", "default": [], "metavar": "KEY=VALUE", "help": "data.* settings, e.g. data.test_split=0.2"}),
+    },
+    "export": {
+        "--format": (None, {"choices": ["onnx", "torchscript"], "default": "onnx"}),
+        "--layout": (None, {"choices": ["nhwc", "nchw"], "default": "nhwc", "help": "input layout (default N,H,W,C)"}),
+        "--out": (None, {"help": "artifact path (default: RUN_DIR/model.onnx or RUN_DIR/model.torchscript.pt)"}),
+        "--check-images": (None, {"metavar": "DIR", "help": "check the artifact on these images (default: the run's validation images; synthetic if gone)"}),
+        "--int8": (None, {"action": "store_true", "help": "also write MODEL.int8.onnx (static quantization calibrated on training images); reports accuracy and speed"}),
+    },
+    "serve": {
+        "--host": (None, {"default": "127.0.0.1"}),
+        "--port": (None, {"type": int, "default": 8000}),
+        "--batch-window-ms": (None, {"type": float, "default": 5.0, "help": "batch requests arriving within this window; 0: off"}),
+        "--max-mb": (None, {"type": float, "default": 10.0, "help": "upload size limit per file (MB)"}),
+    },
+    "models": {"pattern": (None, {"nargs": "?", "default": "*", "help": "wildcard filter, e.g. 'resnet*' or 'timm/*convnext*'"})},
+}
+SOURCE = ("--data", "--model", "--pretrained", "--weights", "--batch-size", "--config", "--set")  # train, lr-find
+# command: (its function, the shared flags it takes, help line, description)
+COMMANDS = {
+    "train": (cmd_train, SOURCE, "train (and test) a model; with no flags: the default model on Fashion-MNIST",
+              "Train a model, keep best/last checkpoints in a run folder, evaluate it on the test split."),
+    "eval": (cmd_eval, ("run_dir", "--device"), "evaluate a run's model on a data split",
+             "Evaluate a run's best model; writes eval.json and a confusion matrix into the run folder."),
+    "report": (cmd_report, ("run_dir",), "re-render a run's report.html from its eval.json and metrics.csv",
+               "Re-render RUN_DIR/report.html (self-contained, opens offline) without the model or data."),
+    "predict": (cmd_predict, ("run_dir", "--device"), "classify image files or folders", "Print the top-k classes of each image."),
+    "lr-find": (cmd_lr_find, SOURCE, "LR range test: plot loss against learning rate, suggest one",
+                "Train briefly with a growing learning rate; saves lr_find.png and prints a suggestion "
+                "(use it with --lr, or let `train --lr auto` run this test itself)."),
+    "data check": (cmd_data_check, (), "diagnose a dataset: broken/odd files, class balance, duplicates and leakage, mean/std",
+                   "Check a folder, CSV manifest or built-in dataset. Prints a summary, writes a JSON report; "
+                   "exit code 0 when there are no errors (warnings allowed), 1 when there are."),
+    "export": (cmd_export, ("run_dir",), "export a run's model (ONNX or TorchScript) with its preprocessing, and check it against PyTorch",
+               "Write an artifact that takes raw uint8 images and returns probabilities (resize, scaling, normalization, "
+               "TTA and temperature inside), with class names and the input spec in its metadata; then check it against "
+               "`imgcls predict` on raw images of many shapes (top-1 agreement >= 99.9%, probabilities within 1e-3)."),
+    "serve": (cmd_serve, ("run_dir", "--device"), "serve a run's model over HTTP, with a page to try it",
+              "POST /predict (multipart images) -> top-k JSON; GET /health, /info; GET / is a page; "
+              "OpenAPI docs at /docs. Binds to loopback unless --host says otherwise."),
+    "models": (cmd_models, (), "list registered model names", "List model names; timm models are used as timm/<name>."),
+}
+# fmt: on
+
+
+def _add(parser: argparse.ArgumentParser, name: str, key: str | None, options: dict[str, Any]) -> None:
+    """One flag (or positional argument); a flag with a config key stores under cfg:<key>, and its help names
+    the key, so the flag and its --set / YAML spelling are found together."""
+    options = dict(options)
+    if key:
+        options["help"] = f"{options.get('help', '')} [{key}]".lstrip()
+        if "const" not in options:
+            options.setdefault("metavar", name.lstrip("-").upper().replace("-", "_"))
+        options["dest"] = KEY_PREFIX + key
+    parser.add_argument(name, **options)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="imgcls", description="Train, evaluate and use image classifiers.")
+    parser.add_argument("--version", action="version", version=f"imgcls {__version__}")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors on stderr")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    groups = {"": sub}
+    for command, (run, shared, summary, description) in COMMANDS.items():
+        group, _, name = command.rpartition(" ")
+        if group not in groups:  # "data check": the data command's first tool makes its group
+            tools = sub.add_parser(
+                group, help=f"{group} tools: `imgcls {command} ...`", description=f"{group} tools."
+            )
+            groups[group] = tools.add_subparsers(dest=f"{group}_command", metavar="SUBCOMMAND", required=True)
+        command_parser = groups[group].add_parser(name, help=summary, description=description)
+        for flag in shared:
+            _add(command_parser, flag, *SHARED[flag])
+        for flag, (key, options) in OWN[command].items():
+            _add(command_parser, flag, key, options)
+        command_parser.set_defaults(func=run)
+    return parser
+
+
+def overrides_of(args: argparse.Namespace) -> dict[str, Any]:
+    """--set overrides, then every given flag that names a config key (flags win)."""
+    overrides = parse_overrides(getattr(args, "set", []))
+    given = {
+        k.removeprefix(KEY_PREFIX): v
+        for k, v in vars(args).items()
+        if k.startswith(KEY_PREFIX) and v is not None
+    }
+    return overrides | given
 
 
 def _is_rank_zero() -> bool:

@@ -108,8 +108,16 @@ def notable_samples(
     unsure = right[conf[right].argsort()[:k]]
 
     def rows(idx: torch.Tensor) -> list[dict[str, Any]]:
-        return [{"index": int(i), "true": int(labels[i]), "predicted": int(pred[i]), "probability": _f(conf[i]),
-                 "true_probability": _f(probs[i, labels[i]])} for i in idx]  # fmt: skip
+        return [
+            {
+                "index": int(i),
+                "true": int(labels[i]),
+                "predicted": int(pred[i]),
+                "probability": _f(conf[i]),
+                "true_probability": _f(probs[i, labels[i]]),
+            }
+            for i in idx
+        ]
 
     return {"confident_mistakes": rows(worst), "uncertain_correct": rows(unsure)}
 

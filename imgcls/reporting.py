@@ -48,7 +48,9 @@ def plot_lr_find(result: dict[str, Any], path: str | Path) -> None:
 
 def plot_confusion(matrix: list[list[int]], classes: list[str], path: str | Path, title: str = "") -> None:
     """Row-normalized confusion matrix, with counts written in the cells for up to 20 classes."""
-    fig = confusion_figure(matrix, classes, normalized=True, title=title or "Confusion matrix (row-normalized)")
+    fig = confusion_figure(
+        matrix, classes, normalized=True, title=title or "Confusion matrix (row-normalized)"
+    )
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -64,7 +66,13 @@ def markdown_summary(result: dict[str, Any], title: str, split: str = "test") ->
         lines.append(
             f"| {name} | {m['precision']:.4f} | {m['recall']:.4f} | {m['f1']:.4f} | {m['support']} |"
         )
-    lines += ["", f"![curves]({run_files.CURVES})", "", f"![confusion matrix]({run_files.confusion_png(split)})", ""]
+    lines += [
+        "",
+        f"![curves]({run_files.CURVES})",
+        "",
+        f"![confusion matrix]({run_files.confusion_png(split)})",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -131,8 +139,10 @@ def thumbnail_uri(pixels: np.ndarray, side: int = 96) -> str:
 
     image = Image.fromarray(pixels.squeeze(-1) if pixels.ndim == 3 and pixels.shape[-1] == 1 else pixels)
     scale = side / max(image.size)
-    image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
-                         Image.Resampling.NEAREST if scale > 1 else Image.Resampling.LANCZOS)  # fmt: skip
+    image = image.resize(
+        (max(1, round(image.width * scale)), max(1, round(image.height * scale))),
+        Image.Resampling.NEAREST if scale > 1 else Image.Resampling.LANCZOS,
+    )
     buf = io.BytesIO()
     image.save(buf, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
@@ -175,8 +185,12 @@ def _reliability_figure(calibrations: dict[str, dict[str, Any]]):
     ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect")
     for name, cal in calibrations.items():
         bins = cal["bins"]
-        ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], marker="o",
-                label=f"{name} (ECE {cal['ece']:.4f})")  # fmt: skip
+        ax.plot(
+            [b["confidence"] for b in bins],
+            [b["accuracy"] for b in bins],
+            marker="o",
+            label=f"{name} (ECE {cal['ece']:.4f})",
+        )
     ax.set(xlabel="confidence", ylabel="accuracy", title="Reliability diagram", xlim=(0, 1), ylim=(0, 1))
     ax.grid(alpha=0.3)
     ax.legend()
@@ -218,7 +232,10 @@ def render_html(result: dict[str, Any], history: list[dict[str, float]]) -> str:
         headline=_headline(result),
         per_class=sorted(result["per_class"].items(), key=lambda kv: (kv[1]["f1"], kv[0])),
         confusion_figures=[
-            (kind, _figure_uri(confusion_figure(result["confusion_matrix"], classes, normalized=kind == "norm")))
+            (
+                kind,
+                _figure_uri(confusion_figure(result["confusion_matrix"], classes, normalized=kind == "norm")),
+            )
             for kind in ("counts", "norm")
         ],
         top_confusions=result.get("top_confusions", []),
@@ -230,7 +247,12 @@ def render_html(result: dict[str, Any], history: list[dict[str, float]]) -> str:
         calibration_text=" ".join(f"ECE {name}: {c['ece']:.4f}." for name, c in cals.items()),
         reliability_uri=_figure_uri(_reliability_figure(cals)),
         curves_uri=_figure_uri(_curves_figure(history)) if history else None,
-        tta=tta and {"off": _pct(tta["off"]), "flip": _pct(tta["flip"]), "gain": f"{100 * (tta['flip'] - tta['off']):+.2f}"},
+        tta=tta
+        and {
+            "off": _pct(tta["off"]),
+            "flip": _pct(tta["flip"]),
+            "gain": f"{100 * (tta['flip'] - tta['off']):+.2f}",
+        },
     )
 
 
@@ -239,7 +261,9 @@ def _headline(result: dict[str, Any]) -> list[tuple[str, str]]:
     rows = [("accuracy", f"{_pct(result['accuracy'])} (95% CI {_pct(ci[0])} - {_pct(ci[1])})")]
     if "top5_accuracy" in result:
         t5 = result.get("top5_ci", [0, 0])
-        rows.append(("top-5 accuracy", f"{_pct(result['top5_accuracy'])} (95% CI {_pct(t5[0])} - {_pct(t5[1])})"))
+        rows.append(
+            ("top-5 accuracy", f"{_pct(result['top5_accuracy'])} (95% CI {_pct(t5[0])} - {_pct(t5[1])})")
+        )
     for avg in ("macro", "weighted"):
         values = " / ".join(f"{result[f'{m}_{avg}']:.4f}" for m in ("precision", "recall", "f1"))
         rows.append((f"{avg} precision / recall / F1", values))

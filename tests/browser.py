@@ -23,7 +23,12 @@ def chromium(tmp_path: Path):
 
     options = webdriver.ChromeOptions()
     options.binary_location = browser
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1300,2000",
-                f"--user-data-dir={tmp_path / 'chrome-profile'}"):  # fmt: skip
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--window-size=1300,2000",
+        f"--user-data-dir={tmp_path / 'chrome-profile'}",
+    ):
         options.add_argument(arg)
     return webdriver.Chrome(service=Service(driver_path), options=options)

@@ -10,7 +10,17 @@ import numpy as np
 from PIL import Image
 
 # (width, height) cycled over the corpus: landscape, portrait, square, panorama, tiny, odd.
-SHAPES = ((640, 480), (480, 640), (300, 300), (1200, 400), (7, 5), (33, 91), (800, 533), (96, 128), (250, 251))
+SHAPES = (
+    (640, 480),
+    (480, 640),
+    (300, 300),
+    (1200, 400),
+    (7, 5),
+    (33, 91),
+    (800, 533),
+    (96, 128),
+    (250, 251),
+)
 ORIENTATIONS = (1, 3, 6, 8)  # EXIF: upright, 180, 90 cw, 90 ccw
 
 

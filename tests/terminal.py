@@ -31,8 +31,15 @@ class Screen:
         return "\n".join(line.split("\r")[-1] for line in lines)
 
 
-def run(args: list[str], *, cwd: str | Path | None = None, env: dict[str, str] | None = None,
-        timeout: float = 180, interrupt_after: str | None = None, columns: int = 110) -> Screen:  # fmt: skip
+def run(
+    args: list[str],
+    *,
+    cwd: str | Path | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 180,
+    interrupt_after: str | None = None,
+    columns: int = 110,
+) -> Screen:
     """Runs `args` in a new pseudo-terminal until it exits; with `interrupt_after`, types Ctrl-C once that
     text has appeared on the screen. Fails the test (AssertionError) on a timeout."""
     pid, fd = pty.fork()
@@ -40,7 +47,11 @@ def run(args: list[str], *, cwd: str | Path | None = None, env: dict[str, str] |
         try:
             if cwd:
                 os.chdir(cwd)
-            os.execvpe(args[0], args, {**os.environ, "TERM": "xterm-256color", "COLUMNS": str(columns), **(env or {})})
+            os.execvpe(
+                args[0],
+                args,
+                {**os.environ, "TERM": "xterm-256color", "COLUMNS": str(columns), **(env or {})},
+            )
         finally:
             os._exit(127)
     import fcntl
@@ -51,7 +62,9 @@ def run(args: list[str], *, cwd: str | Path | None = None, env: dict[str, str] |
         while True:
             if time.monotonic() > deadline:
                 os.kill(pid, signal.SIGKILL)
-                raise AssertionError(f"{' '.join(args)} did not finish in {timeout}s; screen:\n{out.decode(errors='replace')[-3000:]}")
+                raise AssertionError(
+                    f"{' '.join(args)} did not finish in {timeout}s; screen:\n{out.decode(errors='replace')[-3000:]}"
+                )
             ready, _, _ = select.select([fd], [], [], 0.2)
             if ready:
                 try:
@@ -61,7 +74,11 @@ def run(args: list[str], *, cwd: str | Path | None = None, env: dict[str, str] |
                 if not chunk:
                     break
                 out += chunk
-            if interrupt_after and not interrupted and interrupt_after in ANSI.sub("", out.decode(errors="replace")):
+            if (
+                interrupt_after
+                and not interrupted
+                and interrupt_after in ANSI.sub("", out.decode(errors="replace"))
+            ):
                 os.write(fd, b"\x03")  # Ctrl-C: the terminal sends SIGINT to the foreground process group
                 interrupted = True
         _, status = os.waitpid(pid, 0)

@@ -13,8 +13,9 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 def fresh_python(code: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(README.parent)}
-    return subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=timeout)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def test_every_public_name_is_the_documented_callable_before_and_after_loading_the_api(tmp_path: Path):

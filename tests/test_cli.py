@@ -83,28 +83,68 @@ def test_repeated_set_flags_accumulate_for_every_command_that_takes_them():
 
 
 def test_each_flag_sets_its_config_key_and_wins_over_set():
-    argv = ["train", "--data", "digits", "--epochs", "3", "--lr", "auto", "--strict", "--pretrained", "--out", "r",
-            "--time", "20s", "--set", "train.epochs=9", "optim.momentum=0.8"]  # fmt: skip
+    argv = [
+        "train",
+        "--data",
+        "digits",
+        "--epochs",
+        "3",
+        "--lr",
+        "auto",
+        "--strict",
+        "--pretrained",
+        "--out",
+        "r",
+        "--time",
+        "20s",
+        "--set",
+        "train.epochs=9",
+        "optim.momentum=0.8",
+    ]
     overrides = cli.overrides_of(cli.build_parser().parse_args(argv))
-    assert overrides == {"data.name": "digits", "train.epochs": 3, "optim.lr": "auto", "data.strict": True,
-                         "model.pretrained": True, "out": "r", "train.time": "20s", "optim.momentum": 0.8}  # fmt: skip
+    assert overrides == {
+        "data.name": "digits",
+        "train.epochs": 3,
+        "optim.lr": "auto",
+        "data.strict": True,
+        "model.pretrained": True,
+        "out": "r",
+        "train.time": "20s",
+        "optim.momentum": 0.8,
+    }
     assert cli.overrides_of(cli.build_parser().parse_args(["train"])) == {}  # absent flags set nothing
 
 
 def test_every_config_flag_names_a_real_key():
     from imgcls.config import Config
 
-    keys = {key for key, _ in cli.FLAGS.values() if key}
-    assert len(keys) >= 10
+    tables = [cli.SHARED, *cli.OWN.values()]
+    keys = {key for table in tables for key, _ in table.values() if key}
+    assert len(keys) >= 12
     for key in keys:
-        section, _, name = key.partition(".")
-        assert hasattr(getattr(Config(), section), name), key
+        *section, name = key.split(".")
+        assert hasattr(getattr(Config(), section[0]) if section else Config(), name), key
 
 
 def test_settings_given_by_repeated_set_reach_the_run(image_tree: Path, tmp_path: Path):
     run = tmp_path / "run"
-    argv = ["train", "--data", str(image_tree), "--model", "tutorial-cnn", "--out", str(run), "--epochs", "1",
-            "--set", "train.deterministic=true", "--set", "train.checkpoint_every=2", "--set", "log.progress=false"]  # fmt: skip
+    argv = [
+        "train",
+        "--data",
+        str(image_tree),
+        "--model",
+        "tutorial-cnn",
+        "--out",
+        str(run),
+        "--epochs",
+        "1",
+        "--set",
+        "train.deterministic=true",
+        "--set",
+        "train.checkpoint_every=2",
+        "--set",
+        "log.progress=false",
+    ]
     assert cli.main(argv) == 0
     import yaml
 
@@ -196,8 +236,11 @@ def test_batch_prediction_writes_csv_and_jsonl_and_scores_labelled_inputs(folder
         (["train", "--data", "/no/such/dir"], "neither an existing folder"),
         (["train", "--model", "resnet81", "--data", "digits"], "Did you mean: resnet18"),
         (["train", "--set", "optim.lrr=0.1"], "Did you mean lr"),
-        pytest.param(["train", "--set", "train.device=cuda", "--data", "digits"], "CUDA is not available",
-                     marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")),
+        pytest.param(
+            ["train", "--set", "train.device=cuda", "--data", "digits"],
+            "CUDA is not available",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA"),
+        ),
         (["eval", "/no/such/run"], "not an imgcls run folder"),
         (["predict", "/no/such/run", "x.png"], "not an imgcls run folder"),
         (["train", "--resume", "/no/such/run"], "cannot resume"),
@@ -258,7 +301,17 @@ def test_lr_find_prints_a_suggestion_train_can_use(tmp_path: Path, capsys):
 
 def test_a_non_empty_out_is_refused_unless_resumed_or_overwritten(folder_run, tmp_path: Path, capsys):
     data, run = folder_run
-    argv = ["train", "--data", str(data), "--model", "tutorial-cnn", "--epochs", "1", "--set", "log.progress=false"]
+    argv = [
+        "train",
+        "--data",
+        str(data),
+        "--model",
+        "tutorial-cnn",
+        "--epochs",
+        "1",
+        "--set",
+        "log.progress=false",
+    ]
     assert cli.main([*argv, "--out", str(run)]) == 2
     err = capsys.readouterr().err
     assert f"--out {run} is not empty" in err and "--resume" in err and "--overwrite" in err
@@ -274,12 +327,17 @@ def test_a_non_empty_out_is_refused_unless_resumed_or_overwritten(folder_run, tm
     mine.mkdir()
     (mine / "notes.txt").write_text("keep me")
     assert cli.main([*argv, "--out", str(mine), "--overwrite"]) == 2
-    assert "not an imgcls run folder" in capsys.readouterr().err and (mine / "notes.txt").read_text() == "keep me"
+    assert (
+        "not an imgcls run folder" in capsys.readouterr().err
+        and (mine / "notes.txt").read_text() == "keep me"
+    )
 
 
 def test_an_out_that_cannot_be_created_is_one_error_line(tmp_path: Path, capsys):
     (tmp_path / "file").write_text("x")
-    assert cli.main(["train", "--data", "digits", "--epochs", "1", "--out", str(tmp_path / "file" / "run")]) == 2
+    assert (
+        cli.main(["train", "--data", "digits", "--epochs", "1", "--out", str(tmp_path / "file" / "run")]) == 2
+    )
     err = capsys.readouterr().err
     assert err.startswith("error: cannot create the run folder") and len(err.strip().splitlines()) == 1
 
@@ -288,8 +346,24 @@ def test_run_files_honour_the_umask(image_tree: Path, tmp_path: Path):
     old = os.umask(0o022)
     try:
         run = tmp_path / "run"
-        assert cli.main(["train", "--data", str(image_tree), "--model", "tutorial-cnn", "--epochs", "1",
-                         "--out", str(run), "--set", "log.progress=false"]) == 0  # fmt: skip
+        assert (
+            cli.main(
+                [
+                    "train",
+                    "--data",
+                    str(image_tree),
+                    "--model",
+                    "tutorial-cnn",
+                    "--epochs",
+                    "1",
+                    "--out",
+                    str(run),
+                    "--set",
+                    "log.progress=false",
+                ]
+            )
+            == 0
+        )
     finally:
         os.umask(old)
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in run.iterdir() if p.is_file()}
@@ -297,7 +371,9 @@ def test_run_files_honour_the_umask(image_tree: Path, tmp_path: Path):
     assert set(modes.values()) == {0o644}, modes
 
 
-def test_a_run_folder_without_its_config_is_a_clear_error_and_export_needs_no_data(folder_run, tmp_path: Path, capsys):
+def test_a_run_folder_without_its_config_is_a_clear_error_and_export_needs_no_data(
+    folder_run, tmp_path: Path, capsys
+):
     data, run = folder_run
     copy = tmp_path / "copied"
     shutil.copytree(run, copy)

@@ -47,11 +47,13 @@ def test_the_cli_turns_any_imgcls_error_into_one_line_with_its_exit_code(monkeyp
     def boom(args):
         raise Refused("the input was refused, and here is why")
 
-    monkeypatch.setattr(cli, "cmd_models", boom)
+    monkeypatch.setitem(cli.COMMANDS, "models", (boom, *cli.COMMANDS["models"][1:]))
     assert cli.main(["models"]) == 3
     assert capsys.readouterr().err == "error: the input was refused, and here is why\n"
 
-    monkeypatch.setattr(cli, "cmd_models", lambda args: 1 / 0)  # a bug is not a user mistake: it surfaces
+    monkeypatch.setitem(
+        cli.COMMANDS, "models", (lambda args: 1 / 0, *cli.COMMANDS["models"][1:])
+    )  # a bug is not a user mistake: it surfaces
     with pytest.raises(ZeroDivisionError):
         cli.main(["models"])
 
@@ -63,6 +65,6 @@ def test_a_missing_file_inside_imgcls_is_a_bug_with_its_traceback(monkeypatch):
     def lost(args):
         Path("/nonexistent/internal/file").read_text()
 
-    monkeypatch.setattr(cli, "cmd_models", lost)
+    monkeypatch.setitem(cli.COMMANDS, "models", (lost, *cli.COMMANDS["models"][1:]))
     with pytest.raises(FileNotFoundError):
         cli.main(["models"])

@@ -22,8 +22,13 @@ from imgcls.engine.state import CheckpointError, load_weights, read_state
 from imgcls.engine.train import new_state
 from imgcls.models import build_model
 
-DECODE_REASONS = {"cannot read file", "empty file", "decompression bomb refused", "not an image file",
-                  "corrupt or truncated image"}  # fmt: skip
+DECODE_REASONS = {
+    "cannot read file",
+    "empty file",
+    "decompression bomb refused",
+    "not an image file",
+    "corrupt or truncated image",
+}
 FUZZ = settings(
     max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True
 )
@@ -103,7 +108,11 @@ STATE, WEIGHTS = _checkpoint_bytes()
 
 def bitwise_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
     """Equal bit for bit (a mutated float may be NaN, which == never matches)."""
-    return a.shape == b.shape and a.dtype == b.dtype and torch.equal(a.contiguous().view(torch.uint8), b.contiguous().view(torch.uint8))
+    return (
+        a.shape == b.shape
+        and a.dtype == b.dtype
+        and torch.equal(a.contiguous().view(torch.uint8), b.contiguous().view(torch.uint8))
+    )
 
 
 @pytest.mark.filterwarnings("ignore")

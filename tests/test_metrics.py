@@ -19,8 +19,13 @@ def test_worked_example_per_class_and_averages():
     r = classification_report(one_hot_logits(Y_PRED, 5), Y_TRUE, CLASSES)
     assert r["accuracy"] == pytest.approx(4 / 6, abs=1e-6)
     # a: TP 2, FP 0, FN 1; b: TP 1, FP 1, FN 1; c: TP 1; d: FP 1, support 0; e: absent.
-    expected = {"a": (1.0, 2 / 3, 0.8, 3), "b": (0.5, 0.5, 0.5, 2), "c": (1.0, 1.0, 1.0, 1),
-                "d": (0.0, 0.0, 0.0, 0), "e": (0.0, 0.0, 0.0, 0)}  # fmt: skip
+    expected = {
+        "a": (1.0, 2 / 3, 0.8, 3),
+        "b": (0.5, 0.5, 0.5, 2),
+        "c": (1.0, 1.0, 1.0, 1),
+        "d": (0.0, 0.0, 0.0, 0),
+        "e": (0.0, 0.0, 0.0, 0),
+    }
     for name, (p, rc, f1, support) in expected.items():
         row = r["per_class"][name]
         assert (row["precision"], row["recall"], row["f1"]) == pytest.approx((p, rc, f1), abs=1e-6), name

@@ -41,8 +41,9 @@ def test_calibration_error_and_temperature():
 def test_top_confusions_and_html_sections():
     matrix = [[5, 3, 0], [0, 6, 1], [4, 0, 2]]
     assert top_confusions(matrix, ["a", "b", "c"])[:2] == [
-        {"true": "c", "predicted": "a", "count": 4}, {"true": "a", "predicted": "b", "count": 3},
-    ]  # fmt: skip
+        {"true": "c", "predicted": "a", "count": 4},
+        {"true": "a", "predicted": "b", "count": 3},
+    ]
     logits, labels = torch.randn(60, 3), torch.randint(0, 3, (60,))
     result = {
         "model": "m",
@@ -74,8 +75,15 @@ def noisy_classes(root: Path, signal: int = 6) -> Path:
 
 @pytest.mark.slow  # 30 epochs to memorize noise (~17 s); fit_temperature itself is tested above in the default suite
 def test_calibrate_lowers_the_error_of_an_overconfident_run(tmp_path: Path, capsys):
-    over = {"train.amp": "off", "log.progress": False, "train.label_smoothing": 0.0, "model.width": 16,
-            "data.augment": "none", "optim.weight_decay": 0.0, "data.batch_size": 30}  # fmt: skip
+    over = {
+        "train.amp": "off",
+        "log.progress": False,
+        "train.label_smoothing": 0.0,
+        "model.width": 16,
+        "data.augment": "none",
+        "optim.weight_decay": 0.0,
+        "data.batch_size": 30,
+    }
     data = noisy_classes(tmp_path / "noisy")
     run = imgcls.train(
         data=str(data), model="smallnet", epochs=30, out=tmp_path / "r", overrides=over
@@ -105,6 +113,7 @@ def test_calibrate_lowers_the_error_of_an_overconfident_run(tmp_path: Path, caps
 def test_a_tiny_runs_report_renders_in_chromium(tmp_path: Path):
     from tests.test_e2e import assert_report_renders_in_chromium
 
-    run = imgcls.train(data="digits", model="tutorial-cnn", epochs=2, out=tmp_path / "run",
-                       overrides={"log.progress": False}).run_dir  # fmt: skip
+    run = imgcls.train(
+        data="digits", model="tutorial-cnn", epochs=2, out=tmp_path / "run", overrides={"log.progress": False}
+    ).run_dir
     assert_report_renders_in_chromium(run / "report.html", tmp_path, class_name="7")

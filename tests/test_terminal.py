@@ -27,8 +27,18 @@ def imgcls(*args: str, **kwargs) -> terminal.Screen:
 
 def test_train_then_every_command_in_a_terminal(workdir: Path):
     run = workdir / "run"
-    train = imgcls("train", "--data", "digits", "--model", "tutorial-cnn", "--epochs", "2", "--out", str(run),
-                   cwd=workdir)  # fmt: skip
+    train = imgcls(
+        "train",
+        "--data",
+        "digits",
+        "--model",
+        "tutorial-cnn",
+        "--epochs",
+        "2",
+        "--out",
+        str(run),
+        cwd=workdir,
+    )
     assert train.exit_code == 0, train.text[-3000:]
     assert "━" in train.raw  # rich's live bar was drawn (it is transient: gone from the final screen)
     assert "epoch 1/2" in train.text and "epoch 2/2" in train.text
@@ -48,13 +58,25 @@ def test_train_then_every_command_in_a_terminal(workdir: Path):
     assert check.exit_code == 0 and "photos: 12 images checked" in check.text, check.text[-2000:]
 
     export = imgcls("export", str(run))
-    assert export.exit_code == 0 and "top-1 agreement with PyTorch 100.00%" in export.text, export.text[-2000:]
+    assert export.exit_code == 0 and "top-1 agreement with PyTorch 100.00%" in export.text, export.text[
+        -2000:
+    ]
 
 
 def test_ctrl_c_stops_with_a_resume_hint_and_the_run_resumes(workdir: Path):
     run = workdir / "interrupted"
-    screen = imgcls("train", "--data", "digits", "--model", "smallnet", "--epochs", "40", "--out", str(run),
-                    interrupt_after="epoch 2/40")  # epoch 1 is saved by then  # fmt: skip
+    screen = imgcls(
+        "train",
+        "--data",
+        "digits",
+        "--model",
+        "smallnet",
+        "--epochs",
+        "40",
+        "--out",
+        str(run),
+        interrupt_after="epoch 2/40",
+    )  # epoch 1 is saved by then
     assert screen.exit_code == 130, screen.text[-2000:]
     words = " ".join(screen.text.split())  # rich wraps long lines at the terminal's width
     assert f"continue with: imgcls train --resume {run}" in words, screen.text[-2000:]

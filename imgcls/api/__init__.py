@@ -12,5 +12,16 @@ from imgcls.api.planning import make_config
 from imgcls.api.training import TrainResult, lr_find, train
 from imgcls.api.use import export, load, predict, serve
 
-__all__ = ["train", "evaluate", "report", "load", "predict", "export", "serve", "lr_find", "check_data",
-           "make_config", "TrainResult"]  # fmt: skip
+__all__ = [
+    "train",
+    "evaluate",
+    "report",
+    "load",
+    "predict",
+    "export",
+    "serve",
+    "lr_find",
+    "check_data",
+    "make_config",
+    "TrainResult",
+]

@@ -19,9 +19,14 @@ from imgcls.utils.io import write_json, write_text
 
 
 def check_data(
-    data: str, *, out: str | Path | None = "data-check.json", config: str | Path | None = None,
-    overrides: dict[str, Any] | None = None, near: bool = True, html: str | Path | None = None,
-) -> dict[str, Any]:  # fmt: skip
+    data: str,
+    *,
+    out: str | Path | None = "data-check.json",
+    config: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    near: bool = True,
+    html: str | Path | None = None,
+) -> dict[str, Any]:
     """The data doctor on a folder, CSV manifest or built-in; writes the JSON report to `out` (and a page
     with thumbnails to `html`).
 
@@ -41,8 +46,12 @@ def check_data(
 def _finding_thumbnails(report: dict[str, Any], bundle: DataBundle) -> dict[str, str]:
     """Thumbnails of the images the findings name (the first 24 records of each), keyed by path."""
     wanted = {path for f in report["findings"] for r in f["items"][:24] for path in Record(**r).paths}
-    in_memory = {f"{name}[{i}]": (split, i) for name in SPLITS if (split := getattr(bundle, name)) is not None
-                 and split.images is not None for i in range(len(split))}  # fmt: skip
+    in_memory = {
+        f"{name}[{i}]": (split, i)
+        for name in SPLITS
+        if (split := getattr(bundle, name)) is not None and split.images is not None
+        for i in range(len(split))
+    }
     thumbs = {}
     for path in wanted:
         if path in in_memory:

@@ -34,9 +34,16 @@ log = logging.getLogger("imgcls")
 
 
 def evaluate(
-    run_dir: str | Path, data: str | None = None, split: str = "test", *, batch_size: int | None = None,
-    device: str = "auto", show: bool = True, tta: str | None = None, calibrate: bool = False,
-) -> dict[str, Any]:  # fmt: skip
+    run_dir: str | Path,
+    data: str | None = None,
+    split: str = "test",
+    *,
+    batch_size: int | None = None,
+    device: str = "auto",
+    show: bool = True,
+    tta: str | None = None,
+    calibrate: bool = False,
+) -> dict[str, Any]:
     """Evaluates a run's best model on a split of `data` (default: the data it was trained on).
 
     Writes eval.json (test split) or eval-<split>.json, report.md, report.html and the confusion-matrix
@@ -75,17 +82,36 @@ def evaluate(
         extra |= _calibrate(predictor, logits_of("val"), logits_of(split))
     if dist.is_main() and (calibrate or tta is not None):
         update_meta(run_dir, {"tta": meta.tta, **({"temperature": meta.temperature} if calibrate else {})})
-    result = evaluate_and_write(predictor.model, None, meta.classes, run_dir, split, cfg, data=bundle.split(split),
-                                logits_labels=logits_of(split), extra=extra)  # fmt: skip
+    result = evaluate_and_write(
+        predictor.model,
+        None,
+        meta.classes,
+        run_dir,
+        split,
+        cfg,
+        data=bundle.split(split),
+        logits_labels=logits_of(split),
+        extra=extra,
+    )
     if show and dist.is_main():
         print_table(result, f"{run_dir.name}: {split} split of {data_cfg.name}")
     return result
 
 
-def _logits(predictor: Predictor, split: Split, data_cfg: DataConfig, cfg: Config) -> tuple[torch.Tensor, torch.Tensor]:
+def _logits(
+    predictor: Predictor, split: Split, data_cfg: DataConfig, cfg: Config
+) -> tuple[torch.Tensor, torch.Tensor]:
     meta = predictor.meta
-    loader = build_loader(split, data_cfg, size=meta.input_size, channels=meta.in_chans, device=predictor.device,
-                          train=False, rank=dist.rank(), world=dist.world_size())  # fmt: skip
+    loader = build_loader(
+        split,
+        data_cfg,
+        size=meta.input_size,
+        channels=meta.in_chans,
+        device=predictor.device,
+        train=False,
+        rank=dist.rank(),
+        world=dist.world_size(),
+    )
     return predict_split(predictor.model, loader, amp_dtype=autocast_dtype(predictor.device, cfg.train.amp))
 
 
@@ -105,22 +131,39 @@ def _calibrate(predictor: Predictor, val: tuple, evaluated: tuple) -> dict[str, 
     before = calibration(raw_logits.softmax(1), labels)
     after = calibration((raw_logits / temperature).softmax(1), labels)
     predictor.meta.temperature = temperature
-    log.info("temperature %.3f fitted on the validation split: ECE %.4f -> %.4f", temperature, before["ece"],
-             after["ece"])  # fmt: skip
+    log.info(
+        "temperature %.3f fitted on the validation split: ECE %.4f -> %.4f",
+        temperature,
+        before["ece"],
+        after["ece"],
+    )
     # The report's main calibration is the one before scaling, shown against the one after.
-    return {"temperature": temperature, "calibration_before": before, "calibration_after": after,
-            "calibration": before, "ece": after["ece"]}  # fmt: skip
+    return {
+        "temperature": temperature,
+        "calibration_before": before,
+        "calibration_after": after,
+        "calibration": before,
+        "ece": after["ece"],
+    }
 
 
 def evaluate_and_write(
-    model: Classifier, loader, classes: list[str], run_dir: Path, split: str, cfg: Config,
-    data: Split | None = None, logits_labels: tuple[torch.Tensor, torch.Tensor] | None = None,
+    model: Classifier,
+    loader,
+    classes: list[str],
+    run_dir: Path,
+    split: str,
+    cfg: Config,
+    data: Split | None = None,
+    logits_labels: tuple[torch.Tensor, torch.Tensor] | None = None,
     extra: dict[str, Any] | None = None,
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     """Metrics of `model` on a split (or of given logits), written as eval.json, report.md and report.html."""
     if logits_labels is None:
         amp_dtype = autocast_dtype(next(model.parameters()).device, cfg.train.amp)
-        logits_labels = predict_split(model, loader, amp_dtype=amp_dtype, channels_last=cfg.train.channels_last)
+        logits_labels = predict_split(
+            model, loader, amp_dtype=amp_dtype, channels_last=cfg.train.channels_last
+        )
     logits, labels = logits_labels
     if not len(labels):
         raise DataError(f"the {split} split has no usable images")
@@ -133,8 +176,14 @@ def evaluate_and_write(
         _add_gallery_images(result, data, split, model.meta.in_chans)
     _write_reports(result, classes, run_dir, split, f"{model.meta.name} on {cfg.data.name} ({split} split)")
     top5 = f", top-5 {result['top5_accuracy']:.4f}" if "top5_accuracy" in result else ""
-    log.info("%s accuracy %.4f (%d images)%s; report: %s", split, result["accuracy"], result["num_samples"], top5,
-             run_dir / run_files.report_html(split))  # fmt: skip
+    log.info(
+        "%s accuracy %.4f (%d images)%s; report: %s",
+        split,
+        result["accuracy"],
+        result["num_samples"],
+        top5,
+        run_dir / run_files.report_html(split),
+    )
     return result
 
 
@@ -148,8 +197,12 @@ def _add_gallery_images(result: dict[str, Any], data: Split, split: str, channel
 
 def _write_reports(result: dict[str, Any], classes: list[str], run_dir: Path, split: str, title: str) -> None:
     write_json(run_dir / run_files.eval_json(split), result)
-    plot_confusion(result["confusion_matrix"], classes, run_dir / run_files.confusion_png(split),
-                   f"{split} split: confusion (row-normalized)")  # fmt: skip
+    plot_confusion(
+        result["confusion_matrix"],
+        classes,
+        run_dir / run_files.confusion_png(split),
+        f"{split} split: confusion (row-normalized)",
+    )
     write_text(run_dir / run_files.report_md(split), markdown_summary(result, title, split))
     write_text(run_dir / run_files.report_html(split), render_html(result, _history(run_dir)))
 
@@ -175,8 +228,14 @@ def report(run_dir: str | Path, split: str = "test") -> Path:
 
 def _provenance(model: Classifier, cfg: Config, run_dir: Path) -> dict[str, Any]:
     v = versions()
-    return {"model": model.meta.name, "dataset": cfg.data.name, "checkpoint": str(run_dir / run_files.WEIGHTS),
-            "date": time.strftime("%Y-%m-%d %H:%M"), "imgcls": v["imgcls"], "torch": v["torch"]}  # fmt: skip
+    return {
+        "model": model.meta.name,
+        "dataset": cfg.data.name,
+        "checkpoint": str(run_dir / run_files.WEIGHTS),
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "imgcls": v["imgcls"],
+        "torch": v["torch"],
+    }
 
 
 def _history(run_dir: Path) -> list[dict[str, float]]:

@@ -95,7 +95,9 @@ def resolve_epochs(cfg: Config, num_train: int) -> Config:
     if epochs > DEFAULT_EPOCHS and cfg.train.time is None:
         log.info(
             "a small dataset (%d steps per epoch): %d epochs, for at least %d optimizer steps (set --epochs to choose)",
-            steps, epochs, min(MIN_STEPS, MAX_AUTO_EPOCHS * steps),
+            steps,
+            epochs,
+            min(MIN_STEPS, MAX_AUTO_EPOCHS * steps),
         )
     return cfg.replace({"train.epochs": epochs})
 
@@ -112,9 +114,13 @@ def resolve_recipe(cfg: Config) -> Config:
     if recipe == "auto":
         recipe = "finetune" if cfg.model.pretrained or cfg.model.weights else "scratch"
         updates["train.recipe"] = recipe
-    optim = resolve_optim(cfg.optim, finetune=recipe == "finetune", scratch_lr=default_scratch_lr(cfg.model.name))
+    optim = resolve_optim(
+        cfg.optim, finetune=recipe == "finetune", scratch_lr=default_scratch_lr(cfg.model.name)
+    )
     updates |= {"optim.name": optim.name, "optim.lr": optim.lr, "optim.weight_decay": optim.weight_decay}
-    if cfg.model.weights and cfg.model.width is None:  # another imgcls run's weights: its architecture options
+    if (
+        cfg.model.weights and cfg.model.width is None
+    ):  # another imgcls run's weights: its architecture options
         meta = run_meta(cfg.model.weights) or {}
         if meta.get("name") == cfg.model.name and "width" in meta.get("arch", {}):
             updates["model.width"] = meta["arch"]["width"]
@@ -136,7 +142,9 @@ def size_to_run(cfg: Config, flip_ok: bool) -> Config:
     return cfg.replace(updates)
 
 
-def time_plan(cfg: Config, start: float, model: Classifier, steps_per_epoch: int, eval_splits: list[Split]) -> Plan:
+def time_plan(
+    cfg: Config, start: float, model: Classifier, steps_per_epoch: int, eval_splits: list[Split]
+) -> Plan:
     """Epochs, or the seconds of training a time budget leaves after set-up and the final evaluation."""
     if cfg.train.time is None:
         return Plan(cfg.train.epochs, steps_per_epoch)

@@ -18,9 +18,12 @@ log = logging.getLogger("imgcls")
 
 
 def resolve_config(
-    cfg: Config | None, config: str | Path | None, resume: str | Path | None,
-    overrides: dict[str, Any] | None, shorthands: dict[str, Any],
-) -> Config:  # fmt: skip
+    cfg: Config | None,
+    config: str | Path | None,
+    resume: str | Path | None,
+    overrides: dict[str, Any] | None,
+    shorthands: dict[str, Any],
+) -> Config:
     """The run's config: a resumed run's own config.yaml (plus overrides), a given Config, or a new one."""
     if resume is not None:
         run_dir = Path(resume)

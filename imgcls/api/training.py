@@ -51,10 +51,16 @@ class TrainResult:
 
 
 def train(
-    cfg: Config | None = None, *, config: str | Path | None = None, resume: str | Path | None = None,
-    overrides: dict[str, Any] | None = None, callbacks: Sequence[Any] = (), count_startup: bool = False,
-    overwrite: bool = False, **shorthands: Any,
-) -> TrainResult:  # fmt: skip
+    cfg: Config | None = None,
+    *,
+    config: str | Path | None = None,
+    resume: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    callbacks: Sequence[Any] = (),
+    count_startup: bool = False,
+    overwrite: bool = False,
+    **shorthands: Any,
+) -> TrainResult:
     """Trains a model, saves the run folder and evaluates it on the test split.
 
     Args:
@@ -79,7 +85,9 @@ def train(
     _log_start(cfg, bundle, model, device, launch)
 
     loader_args = loader_settings(cfg, bundle, device)
-    train_loader = build_loader(bundle.train, cfg.data, train=True, num_classes=len(bundle.classes), **loader_args)
+    train_loader = build_loader(
+        bundle.train, cfg.data, train=True, num_classes=len(bundle.classes), **loader_args
+    )
     # A time-budgeted run validates once at its end; with a test split that pass selects nothing: skip it.
     validate = bundle.val is not None and not (cfg.train.time and bundle.test is not None)
     val_loader = build_loader(bundle.val, cfg.data, train=False, **loader_args) if validate else None
@@ -109,9 +117,12 @@ def train(
 
 
 def lr_find(
-    *, config: str | Path | None = None, overrides: dict[str, Any] | None = None, out: str | Path | None = None,
+    *,
+    config: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    out: str | Path | None = None,
     **shorthands: Any,
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     """The LR range test for a data/model/recipe; saves lr_find.png + lr_find.json and returns the result.
 
     Example:
@@ -122,7 +133,9 @@ def lr_find(
     settings = loader_settings(cfg, bundle, device)
     loader = build_loader(bundle.train, cfg.data, train=True, num_classes=len(bundle.classes), **settings)
     result = dist.broadcast_object(lr_range_test(model, loader, cfg))
-    out_dir = Path(out) if out else new_run_dir("runs", f"lr-find-{stem(cfg.data.name)}-{stem(cfg.model.name)}")
+    out_dir = (
+        Path(out) if out else new_run_dir("runs", f"lr-find-{stem(cfg.data.name)}-{stem(cfg.model.name)}")
+    )
     result |= {"recipe": cfg.train.recipe, "optimizer": cfg.optim.name}
     if dist.is_main():
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -153,8 +166,14 @@ def open_checked(cfg: Config) -> DataBundle:
     if cfg.data.check and bundle.train.images is None:  # built-ins are curated
         problems = leakage(bundle)
         if problems:
-            report = {"dataset": bundle.name, "num_images": 0, "seconds": 0, "class_counts": {}, "stats": {},
-                      "findings": [asdict(f) for f in problems]}  # fmt: skip
+            report = {
+                "dataset": bundle.name,
+                "num_images": 0,
+                "seconds": 0,
+                "class_counts": {},
+                "stats": {},
+                "findings": [asdict(f) for f in problems],
+            }
             raise DataError(
                 f"the data check found problems that would spoil this run:\n{data_report_text(report)}\n"
                 f"full report: imgcls data check {cfg.data.name}; train anyway: --set data.check=off"
@@ -168,9 +187,15 @@ def new_model(cfg: Config, classes: list[str], stats: tuple) -> Classifier:
     if cfg.model.small_stem:
         arch["small_stem"] = True
     model = build_model(
-        cfg.model.name, num_classes=len(classes), in_chans=cfg.data.channels, input_size=cfg.data.image_size,
-        pretrained=cfg.model.pretrained, weights=cfg.model.weights, drop_rate=cfg.model.drop_rate, **arch,
-    )  # fmt: skip
+        cfg.model.name,
+        num_classes=len(classes),
+        in_chans=cfg.data.channels,
+        input_size=cfg.data.image_size,
+        pretrained=cfg.model.pretrained,
+        weights=cfg.model.weights,
+        drop_rate=cfg.model.drop_rate,
+        **arch,
+    )
     model.meta.classes = list(classes)
     model.meta.tta = cfg.train.tta
     # Pretrained features expect the normalization they were learnt with; from scratch, the data's own.
@@ -241,9 +266,19 @@ def _save_config(cfg: Config, launch: dict[str, Any] | None) -> None:
 
 def _log_start(cfg: Config, bundle: DataBundle, model: Classifier, device: torch.device, launch) -> None:
     size, channels = cfg.data.image_size, cfg.data.channels
-    log.info("run folder %s: %s on %s (%d classes, %dx%dx%d, %d train / %s val images) on %s",
-             cfg.out, cfg.model.name, cfg.data.name, len(bundle.classes), channels, size, size,
-             len(bundle.train), len(bundle.val) if bundle.val else 0, device)  # fmt: skip
+    log.info(
+        "run folder %s: %s on %s (%d classes, %dx%dx%d, %d train / %s val images) on %s",
+        cfg.out,
+        cfg.model.name,
+        cfg.data.name,
+        len(bundle.classes),
+        channels,
+        size,
+        size,
+        len(bundle.train),
+        len(bundle.val) if bundle.val else 0,
+        device,
+    )
     if launch:
         log.info("distributed: %s", ", ".join(f"{k}={v}" for k, v in launch.items()))
 
@@ -257,9 +292,14 @@ def _class_weights(cfg: Config, bundle: DataBundle, device: torch.device) -> tor
 
 
 def _fit_logged(
-    cfg: Config, state: TrainState, plan: Plan, train_loader, val_loader, callbacks: Sequence[Any],
+    cfg: Config,
+    state: TrainState,
+    plan: Plan,
+    train_loader,
+    val_loader,
+    callbacks: Sequence[Any],
     class_weights: torch.Tensor | None = None,
-) -> TrainState:  # fmt: skip
+) -> TrainState:
     """`fit` with the standard loggers, a resume hint on Ctrl-C, and the curves plot at the end."""
     run_dir = Path(cfg.out)
     progress = ProgressLogger(cfg.log.progress)
@@ -269,11 +309,15 @@ def _fit_logged(
         if cfg.log.tensorboard:
             loggers.append(TensorBoardLogger(run_dir / run_files.TENSORBOARD))
     try:
-        state = fit(cfg, state, plan, train_loader, val_loader, run_dir, [*loggers, *callbacks], class_weights)
+        state = fit(
+            cfg, state, plan, train_loader, val_loader, run_dir, [*loggers, *callbacks], class_weights
+        )
     except KeyboardInterrupt:
         progress.close()  # the live bar holds back what is logged while it runs: end it first
         if (run_dir / run_files.STATE).is_file():
-            log.warning("interrupted in epoch %d; continue with: imgcls train --resume %s", state.epoch + 1, run_dir)
+            log.warning(
+                "interrupted in epoch %d; continue with: imgcls train --resume %s", state.epoch + 1, run_dir
+            )
         else:
             log.warning("interrupted before the first checkpoint; nothing to resume in %s", run_dir)
         raise
@@ -290,6 +334,9 @@ def _find_lr(cfg: Config, model: Classifier, train_loader, run_dir: Path) -> flo
     if dist.is_main():
         plot_lr_find(result, run_dir / run_files.LR_FIND_PLOT)
         write_json(run_dir / run_files.LR_FIND_JSON, result)
-    log.info("optim.lr=auto: the LR range test suggests %.3g (plot: %s)", result["suggestion"],
-             run_dir / run_files.LR_FIND_PLOT)  # fmt: skip
+    log.info(
+        "optim.lr=auto: the LR range test suggests %.3g (plot: %s)",
+        result["suggestion"],
+        run_dir / run_files.LR_FIND_PLOT,
+    )
     return float(result["suggestion"])

@@ -34,10 +34,16 @@ def load(run_dir: str | Path, device: str = "auto") -> Predictor:
 
 
 def predict(
-    run_dir: str | Path, inputs: Sequence[str | Path], *, out: str | Path | None = None, top_k: int = 5,
-    device: str = "auto", batch_size: int = 256, on_prediction: Callable[[dict], None] | None = None,
+    run_dir: str | Path,
+    inputs: Sequence[str | Path],
+    *,
+    out: str | Path | None = None,
+    top_k: int = 5,
+    device: str = "auto",
+    batch_size: int = 256,
+    on_prediction: Callable[[dict], None] | None = None,
     backend: str = "torch",
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     """Classifies files, folders (recursive), globs and CSV manifests in batches (decoding in threads).
 
     `backend`: torch (the run folder), or onnx/torchscript (its exported artifact, or an artifact path).
@@ -87,14 +93,22 @@ def _predictor(run_dir: str | Path, device: str, backend: str) -> Predictor:
     if path.is_dir():
         path = path / run_files.EXPORTS[backend]
     if not path.is_file():
-        raise config_lib.ConfigError(f"no exported model at {path}; run: imgcls export {run_dir} --format {backend}")
+        raise config_lib.ConfigError(
+            f"no exported model at {path}; run: imgcls export {run_dir} --format {backend}"
+        )
     return ArtifactPredictor(path)
 
 
 def export(
-    run_dir: str | Path, fmt: str = "onnx", *, out: str | Path | None = None, layout: str = "nhwc",
-    check_limit: int = 500, check_images: str | Path | None = None, int8: bool = False,
-) -> ExportResult:  # fmt: skip
+    run_dir: str | Path,
+    fmt: str = "onnx",
+    *,
+    out: str | Path | None = None,
+    layout: str = "nhwc",
+    check_limit: int = 500,
+    check_images: str | Path | None = None,
+    int8: bool = False,
+) -> ExportResult:
     """Exports a run's model with its preprocessing in the graph and checks it against `imgcls predict`.
 
     The check feeds the artifact raw images of many shapes: up to `check_limit` images of `check_images`
@@ -119,12 +133,20 @@ def export(
     result.check_source = source
     if int8:
         result.int8 = _quantize(out, bundle, meta, layout, check_limit)
-    log.info("exported %s: top-1 agreement with PyTorch %.4f%%, max probability difference %.2e on %d images (%s)",
-             out, 100 * result.agreement, result.max_prob_diff, result.checked, source)  # fmt: skip
+    log.info(
+        "exported %s: top-1 agreement with PyTorch %.4f%%, max probability difference %.2e on %d images (%s)",
+        out,
+        100 * result.agreement,
+        result.max_prob_diff,
+        result.checked,
+        source,
+    )
     return result
 
 
-def _check_images(folder: str | Path | None, limit: int, bundle: DataBundle | None, meta: ModelMeta) -> tuple[list, str]:
+def _check_images(
+    folder: str | Path | None, limit: int, bundle: DataBundle | None, meta: ModelMeta
+) -> tuple[list, str]:
     """The raw images an export is checked on, and where they come from (in words)."""
     if folder is not None:
         images = samples.folder_sample(folder, limit, meta.in_chans)
@@ -135,8 +157,10 @@ def _check_images(folder: str | Path | None, limit: int, bundle: DataBundle | No
         split_name = next(s for s in ("val", "test", "train") if getattr(bundle, s) is not None)
         images, _ = samples.split_sample(bundle.split(split_name), limit, meta.in_chans)
         return images, f"{split_name} split of {bundle.name}"
-    log.warning("the run's data is not available: the export is checked on synthetic images only; "
-                "pass --check-images DIR to check it on real ones")  # fmt: skip
+    log.warning(
+        "the run's data is not available: the export is checked on synthetic images only; "
+        "pass --check-images DIR to check it on real ones"
+    )
     return samples.synthetic(meta.in_chans), "synthetic images only"
 
 
@@ -150,24 +174,44 @@ def _run_data(run_dir: Path, classes: list[str]) -> DataBundle | None:
         return None
 
 
-def _quantize(out: Path, bundle: DataBundle | None, meta: ModelMeta, layout: str, limit: int) -> dict[str, Any]:
+def _quantize(
+    out: Path, bundle: DataBundle | None, meta: ModelMeta, layout: str, limit: int
+) -> dict[str, Any]:
     """int8 calibrated on a sample of training images, its accuracy measured on held-out ones."""
     if bundle is None:
         raise DataError("--int8 calibrates on the run's training images, which are not available here")
     held_out = bundle.val or bundle.test or bundle.train
     calibration, _ = samples.split_sample(bundle.train, 512, meta.in_chans, seed=1)
     check, labels = samples.split_sample(held_out, limit, meta.in_chans)
-    q = quantize_int8(out, out.with_suffix(".int8.onnx"), samples.squares(calibration, meta.input_size),
-                      samples.squares(check, meta.input_size), labels, layout)  # fmt: skip
-    log.info("int8: accuracy %.4f -> %.4f, top-1 agreement %.4f, %s -> %s images/s (%.2fx)", q["accuracy_fp32"],
-             q["accuracy_int8"], q["top1_agreement"], q["images_per_s_fp32"], q["images_per_s_int8"], q["speedup"])  # fmt: skip
+    q = quantize_int8(
+        out,
+        out.with_suffix(".int8.onnx"),
+        samples.squares(calibration, meta.input_size),
+        samples.squares(check, meta.input_size),
+        labels,
+        layout,
+    )
+    log.info(
+        "int8: accuracy %.4f -> %.4f, top-1 agreement %.4f, %s -> %s images/s (%.2fx)",
+        q["accuracy_fp32"],
+        q["accuracy_int8"],
+        q["top1_agreement"],
+        q["images_per_s_fp32"],
+        q["images_per_s_int8"],
+        q["speedup"],
+    )
     return q
 
 
 def serve(
-    run_dir: str | Path, *, host: str = "127.0.0.1", port: int = 8000, device: str = "auto",
-    batch_window_ms: float = 5.0, max_bytes: int = 10 << 20,
-) -> None:  # fmt: skip
+    run_dir: str | Path,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    device: str = "auto",
+    batch_window_ms: float = 5.0,
+    max_bytes: int = 10 << 20,
+) -> None:
     """Serves a run's model over HTTP (FastAPI + uvicorn) until interrupted; loopback only by default.
 
     Example:

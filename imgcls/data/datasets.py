@@ -74,8 +74,11 @@ def confusable_groups(names: list[str]) -> list[list[str]]:
 
 def warn_confusable(names: list[str]) -> None:
     for group in confusable_groups(names):
-        log.warning("classes %s differ only by case, white space or Unicode form: they are kept apart, "
-                    "but may be meant as one (rename or merge them)", " / ".join(map(ascii, group)))  # fmt: skip
+        log.warning(
+            "classes %s differ only by case, white space or Unicode form: they are kept apart, "
+            "but may be meant as one (rename or merge them)",
+            " / ".join(map(ascii, group)),
+        )
 
 
 def carve_splits(bundle: DataBundle, cfg: DataConfig) -> DataBundle:
@@ -166,10 +169,14 @@ def cached(load: Callable[[], DataBundle], name: str) -> DataBundle:
             with safe_open(str(path), framework="pt") as f:
                 meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
             return DataBundle(
-                name, json.loads(meta["classes"]), Split(tensors["train_labels"], tensors["train_images"]),
-                test=Split(tensors["test_labels"], tensors["test_images"]), channels=int(meta["channels"]),
-                image_size=int(meta["image_size"]), flip_ok=meta["flip_ok"] == "true",
-            )  # fmt: skip
+                name,
+                json.loads(meta["classes"]),
+                Split(tensors["train_labels"], tensors["train_images"]),
+                test=Split(tensors["test_labels"], tensors["test_images"]),
+                channels=int(meta["channels"]),
+                image_size=int(meta["image_size"]),
+                flip_ok=meta["flip_ok"] == "true",
+            )
         except (SafetensorError, OSError, KeyError, ValueError) as e:
             log.warning("ignoring unreadable dataset cache %s (%s); rebuilding it", path, e)
     bundle = load()
@@ -211,9 +218,14 @@ def _torchvision_bundle(name: str, cls_name: str, flip_ok: bool = True) -> DataB
 
     tr = to_split(train)
     return DataBundle(
-        name, list(train.classes), tr, test=to_split(test),
-        channels=tr.images.shape[1], image_size=tr.images.shape[-1], flip_ok=flip_ok,
-    )  # fmt: skip
+        name,
+        list(train.classes),
+        tr,
+        test=to_split(test),
+        channels=tr.images.shape[1],
+        image_size=tr.images.shape[-1],
+        flip_ok=flip_ok,
+    )
 
 
 @DATASETS.register("fashion-mnist")

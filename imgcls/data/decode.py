@@ -18,8 +18,19 @@ from imgcls.errors import ImgclsError
 # PIL warns above this many pixels and raises at twice; we refuse at the warning already.
 MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
 IMAGE_EXTENSIONS = {
-    ".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".pnm",
-}  # fmt: skip
+    ".jpg",
+    ".jpeg",
+    ".png",
+    ".bmp",
+    ".gif",
+    ".tif",
+    ".tiff",
+    ".webp",
+    ".ppm",
+    ".pgm",
+    ".pbm",
+    ".pnm",
+}
 
 # Truncated files must fail, not decode to a half-grey image.
 ImageFile.LOAD_TRUNCATED_IMAGES = False

@@ -16,7 +16,14 @@ from imgcls.data.types import DataBundle, DataError, Split
 
 log = logging.getLogger("imgcls")
 # How a skipped path that is no readable file is described (the data check counts these as warnings).
-UNUSABLE_PATH = ("broken symbolic link", "vanished", "cannot read", "not a regular file", "cannot list", "folder ")
+UNUSABLE_PATH = (
+    "broken symbolic link",
+    "vanished",
+    "cannot read",
+    "not a regular file",
+    "cannot list",
+    "folder ",
+)
 
 
 def from_folder(root: Path, cfg: DataConfig) -> DataBundle:
@@ -43,9 +50,13 @@ def from_folder(root: Path, cfg: DataConfig) -> DataBundle:
             str(root), classes, splits["train"], splits.get("val"), splits.get("test"), skipped=skipped
         )
     if not len(bundle.train):
-        unusable = f"; {len(skipped)} path(s) skipped, e.g. {skipped[0][0]}: {skipped[0][1]}" if skipped else ""
-        raise DataError(f"no images in the class folders of {root} ({', '.join(classes[:5])}"
-                        f"{', ...' if len(classes) > 5 else ''}){unusable}")  # fmt: skip
+        unusable = (
+            f"; {len(skipped)} path(s) skipped, e.g. {skipped[0][0]}: {skipped[0][1]}" if skipped else ""
+        )
+        raise DataError(
+            f"no images in the class folders of {root} ({', '.join(classes[:5])}"
+            f"{', ...' if len(classes) > 5 else ''}){unusable}"
+        )
     _warn_empty_classes(bundle)
     return bundle
 
@@ -72,8 +83,15 @@ def from_csv(path: Path, cfg: DataConfig) -> DataBundle:
         labels = torch.tensor([index[row.label] for row in items], dtype=torch.long)
         splits[split] = Split(labels, paths=[row.path for row in items])
     single = "val" not in splits and "test" not in splits
-    return DataBundle(str(path), classes, splits["train"], splits.get("val"), splits.get("test"),
-                      skipped=skipped, single_tree=single)  # fmt: skip
+    return DataBundle(
+        str(path),
+        classes,
+        splits["train"],
+        splits.get("val"),
+        splits.get("test"),
+        skipped=skipped,
+        single_tree=single,
+    )
 
 
 def _sorted_labels(labels: set[str]) -> list[str]:
@@ -143,7 +161,9 @@ def list_files(folder: Path, skipped: list[tuple[str, str]]) -> list[Path]:
     for top, dirs, names in os.walk(folder, followlinks=True, onerror=walk_error):
         real = os.path.realpath(top)
         if real != root and (root.startswith(real + os.sep) or real in seen):
-            why = "a link to an enclosing folder (a loop)" if root.startswith(real + os.sep) else "already read"
+            why = (
+                "a link to an enclosing folder (a loop)" if root.startswith(real + os.sep) else "already read"
+            )
             skipped.append((top, f"folder {why}: skipped"))
             dirs[:] = []
             continue
@@ -171,7 +191,12 @@ def _unusable(path: Path) -> str | None:
         return f"cannot read ({e.strerror or e})"
     if stat.S_ISREG(mode):
         return None
-    kind = {stat.S_IFIFO: "a fifo", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a device", stat.S_IFBLK: "a device"}
+    kind = {
+        stat.S_IFIFO: "a fifo",
+        stat.S_IFSOCK: "a socket",
+        stat.S_IFCHR: "a device",
+        stat.S_IFBLK: "a device",
+    }
     return f"not a regular file ({kind.get(stat.S_IFMT(mode), 'special file')})"
 
 

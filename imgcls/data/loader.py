@@ -153,15 +153,34 @@ def build_loader(
     if split.images is not None and cfg.cache != "off":
         augment = BatchAugment(size, use_flip, cutout, crop=crop) if crop or cutout else None
         return MemoryLoader(
-            split.images, split.labels, batch, device=device, shuffle=train, augment=augment, mix=mix,
-            drop_last=train, seed=seed, rank=rank, world=world, sample_weights=weights,
-        )  # fmt: skip
+            split.images,
+            split.labels,
+            batch,
+            device=device,
+            shuffle=train,
+            augment=augment,
+            mix=mix,
+            drop_last=train,
+            seed=seed,
+            rank=rank,
+            world=world,
+            sample_weights=weights,
+        )
     transform = train_augment(size, use_flip, cutout, crop=crop) if crop or cutout else None
     dataset = StreamDataset(split, size, channels, transform, seed=seed)
     return StreamLoader(
-        dataset, batch, device=device, shuffle=train, drop_last=train, seed=seed, workers=_workers(cfg, split),
-        mix=mix, rank=rank, world=world, sample_weights=weights,
-    )  # fmt: skip
+        dataset,
+        batch,
+        device=device,
+        shuffle=train,
+        drop_last=train,
+        seed=seed,
+        workers=_workers(cfg, split),
+        mix=mix,
+        rank=rank,
+        world=world,
+        sample_weights=weights,
+    )
 
 
 def balanced_weights(labels: torch.Tensor) -> torch.Tensor:
@@ -232,10 +251,20 @@ class StreamLoader:
     """A DataLoader whose batches (order, rank shard, augmentation) depend only on (seed, epoch)."""
 
     def __init__(
-        self, dataset: StreamDataset, batch_size: int, *, device: torch.device, shuffle: bool, drop_last: bool,
-        seed: int, workers: int, mix: BatchMix | None = None, rank: int = 0, world: int = 1,
+        self,
+        dataset: StreamDataset,
+        batch_size: int,
+        *,
+        device: torch.device,
+        shuffle: bool,
+        drop_last: bool,
+        seed: int,
+        workers: int,
+        mix: BatchMix | None = None,
+        rank: int = 0,
+        world: int = 1,
         sample_weights: torch.Tensor | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.device, self.seed, self.epoch, self.start_batch, self.mix = device, seed, 0, 0, mix
         self.rank, self.world, self.dataset = rank, world, dataset
         self.sampler = _EpochBatches(
@@ -249,9 +278,13 @@ class StreamLoader:
             weights=sample_weights,
         )
         self.loader = torch.utils.data.DataLoader(
-            dataset, batch_sampler=self.sampler, num_workers=workers, collate_fn=_collate_present,
-            pin_memory=device.type == "cuda", persistent_workers=False,
-        )  # fmt: skip
+            dataset,
+            batch_sampler=self.sampler,
+            num_workers=workers,
+            collate_fn=_collate_present,
+            pin_memory=device.type == "cuda",
+            persistent_workers=False,
+        )
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         self.epoch, self.start_batch = epoch, start_batch

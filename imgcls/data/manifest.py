@@ -77,7 +77,9 @@ def _columns(first: list[str], need_label: bool) -> tuple[tuple[int, int, int], 
     path_col = next(i for i, h in enumerate(header) if h in PATH_COLUMNS)
     label_col = next((i for i, h in enumerate(header) if h in LABEL_COLUMNS), -1)
     if need_label and label_col < 0:
-        raise DataError(f"the manifest header {','.join(first)} has no label column ({', '.join(LABEL_COLUMNS)})")
+        raise DataError(
+            f"the manifest header {','.join(first)} has no label column ({', '.join(LABEL_COLUMNS)})"
+        )
     split_col = header.index("split") if "split" in header else -1
     return (path_col, label_col, split_col), 1
 

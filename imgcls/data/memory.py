@@ -178,9 +178,16 @@ class MemoryLoader:
 
     def _batches(self) -> list[torch.Tensor]:
         return epoch_batches(
-            len(self.labels), self.batch_size, shuffle=self.shuffle, drop_last=self.drop_last,
-            seed=self.seed, epoch=self.epoch, rank=self.rank, world=self.world, weights=self.sample_weights,
-        )  # fmt: skip
+            len(self.labels),
+            self.batch_size,
+            shuffle=self.shuffle,
+            drop_last=self.drop_last,
+            seed=self.seed,
+            epoch=self.epoch,
+            rank=self.rank,
+            world=self.world,
+            weights=self.sample_weights,
+        )
 
     def __len__(self) -> int:
         return len(self._batches())
@@ -217,7 +224,9 @@ def decode_files_cached(
     for p in paths:
         try:
             st = p.stat()
-            key.update(os.fsencode(p) + f"\0{st.st_ino}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}\n".encode())
+            key.update(
+                os.fsencode(p) + f"\0{st.st_ino}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}\n".encode()
+            )
         except OSError:
             key.update(os.fsencode(p) + b"\0missing\n")
     path = cache_dir / f"{key.hexdigest()[:32]}.safetensors"

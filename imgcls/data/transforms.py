@@ -32,7 +32,9 @@ def resize_crop(images: torch.Tensor, size: int) -> torch.Tensor:
     # sym_min keeps torch.export from specializing on which side is shorter; TorchScript has min.
     short = min(height, width) if torch.jit.is_scripting() else torch.sym_min(height, width)
     new_h, new_w = size * height // short, size * width // short
-    x = F.interpolate(images.float(), size=(new_h, new_w), mode="bilinear", align_corners=False, antialias=True)
+    x = F.interpolate(
+        images.float(), size=(new_h, new_w), mode="bilinear", align_corners=False, antialias=True
+    )
     # Half-way values are common (upsampling averages two pixels) and onnxruntime lands a hair either side
     # of .5 where PyTorch lands on it: round half up past a margin far above float noise, so both agree.
     x = torch.floor(x + 0.5009765625).clamp(0, 255)  # 0.5 + 2**-10, written out for TorchScript

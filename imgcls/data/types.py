@@ -64,7 +64,9 @@ class DataBundle:
             names = [self.classes[i] for i in split.labels.tolist()]
             unknown = sorted(set(names) - index.keys())
             if unknown:
-                raise DataError(f"the data has classes the model was not trained on: {', '.join(unknown[:10])}")
+                raise DataError(
+                    f"the data has classes the model was not trained on: {', '.join(unknown[:10])}"
+                )
             return Split(torch.tensor([index[n] for n in names], dtype=torch.long), split.images, split.paths)
 
         return replace(

@@ -72,8 +72,12 @@ class EarlyStopping:
         if val is None or val > state.best_metric:
             return
         if state.epoch - state.best_epoch >= self.patience:
-            log.info("early stopping: no better validation accuracy than %.4f (epoch %d) for %d epochs",
-                     state.best_metric, state.best_epoch, self.patience)  # fmt: skip
+            log.info(
+                "early stopping: no better validation accuracy than %.4f (epoch %d) for %d epochs",
+                state.best_metric,
+                state.best_epoch,
+                self.patience,
+            )
             state.should_stop = True
 
 
@@ -127,18 +131,20 @@ class ProgressLogger:
         from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 
         self.progress = live_progress(
-            TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[stats]}"), TimeRemainingColumn(), enabled=self.enabled,
-        )  # fmt: skip
+            TextColumn("epoch {task.fields[epoch]}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[stats]}"),
+            TimeRemainingColumn(),
+            enabled=self.enabled,
+        )
         if self.progress:
             self.progress.start()
 
     def on_epoch_start(self, epoch: int, num_steps: int) -> None:
         self.start = self.last = time.perf_counter()
         if self.progress:
-            self.task = self.progress.add_task(
-                "", total=num_steps, epoch=f"{epoch + 1}{self.of}", stats=""
-            )
+            self.task = self.progress.add_task("", total=num_steps, epoch=f"{epoch + 1}{self.of}", stats="")
 
     def on_step_end(self, loss_sum, correct, seen: int) -> None:
         if not self.progress:

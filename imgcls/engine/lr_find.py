@@ -19,9 +19,15 @@ from imgcls.utils.env import autocast_dtype
 
 
 def lr_range_test(
-    model: Classifier, loader, cfg: Config, *, start: float = 1e-6, end: float = 10.0, steps: int = 100,
+    model: Classifier,
+    loader,
+    cfg: Config,
+    *,
+    start: float = 1e-6,
+    end: float = 10.0,
+    steps: int = 100,
     diverge: float = 4.0,
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     """Trains `steps` batches with the lr growing from `start` to `end`, then restores the model.
 
     Stops early once the smoothed loss exceeds `diverge` times its minimum. The suggestion is the lr at

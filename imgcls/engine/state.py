@@ -32,8 +32,19 @@ from imgcls.utils.env import git_sha, versions
 from imgcls.utils.io import atomic_write
 
 STATE_FILE = "state.pt"
-__all__ = ["META_FILE", "STATE_FILE", "WEIGHTS_FILE", "CheckpointError", "TrainState", "load_weights", "read_meta",
-           "read_state", "rng_states", "save_weights", "set_rng_states"]  # fmt: skip
+__all__ = [
+    "META_FILE",
+    "STATE_FILE",
+    "WEIGHTS_FILE",
+    "CheckpointError",
+    "TrainState",
+    "load_weights",
+    "read_meta",
+    "read_state",
+    "rng_states",
+    "save_weights",
+    "set_rng_states",
+]
 
 
 @dataclass
@@ -132,9 +143,14 @@ def rng_states() -> dict[str, Any]:
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         "python": {"version": version, "state": torch.tensor(mt_state, dtype=torch.int64), "gauss": gauss},
-        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached": float(cached)},
-    }  # fmt: skip
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached": float(cached),
+        },
+    }
 
 
 def set_rng_states(states: dict[str, Any]) -> None:

@@ -108,8 +108,13 @@ def fit(
     saved = _Saver(cfg, state, run_dir)
     skip_each = cfg.train.skip_nonfinite and not state.scaler.is_enabled()
     watch = _FiniteWatch(device, enabled=not skip_each and not state.scaler.is_enabled())
-    call(callbacks, "on_fit_start", state=state, epochs=None if plan.timed else plan.epochs,
-         progress=_progress(plan, state.step, state.train_seconds))  # fmt: skip
+    call(
+        callbacks,
+        "on_fit_start",
+        state=state,
+        epochs=None if plan.timed else plan.epochs,
+        progress=_progress(plan, state.step, state.train_seconds),
+    )
 
     for epoch in range(state.epoch, plan.max_epochs):
         if _progress(plan, state.step, state.train_seconds) >= 1:
@@ -172,8 +177,10 @@ def fit(
         finished = state.epoch >= plan.max_epochs or _progress(plan, state.step, state.train_seconds) >= 1
         metrics = {"epoch": state.epoch, **sums.reduced(), "lr": state.optimizer.param_groups[0]["lr"]}
         if not metrics["seen"] and state.skipped_steps > skipped_before:
-            raise TrainingError(f"every step of epoch {state.epoch} had a non-finite loss; the model is broken. "
-                                "Lower optim.lr or set train.grad_clip")  # fmt: skip
+            raise TrainingError(
+                f"every step of epoch {state.epoch} had a non-finite loss; the model is broken. "
+                "Lower optim.lr or set train.grad_clip"
+            )
         metrics["train_img_s"] = metrics.pop("seen") / max(train_time, 1e-9)
         _warn_if_exploding(metrics["train_loss"], model.meta.num_classes, state.epoch, cfg)
         if val_loader is not None and (finished or not plan.timed):
@@ -244,8 +251,14 @@ def _warn_if_exploding(train_loss: float, num_classes: int, epoch: int, cfg: Con
     """A loss far above chance level (ln C) means the learning rate is too high for this model."""
     chance = math.log(max(2, num_classes))
     if math.isfinite(train_loss) and train_loss > EXPLODING * chance:
-        log.warning("the training loss exploded: %.4g in epoch %d, where guessing at random scores %.2f; "
-                    "lower optim.lr (now %s) or set train.grad_clip=1.0", train_loss, epoch, chance, cfg.optim.lr)  # fmt: skip
+        log.warning(
+            "the training loss exploded: %.4g in epoch %d, where guessing at random scores %.2f; "
+            "lower optim.lr (now %s) or set train.grad_clip=1.0",
+            train_loss,
+            epoch,
+            chance,
+            cfg.optim.lr,
+        )
 
 
 def _nonfinite(cfg: Config, state: TrainState, epoch: int, loss: torch.Tensor, saved: _Saver) -> None:

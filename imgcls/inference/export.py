@@ -85,8 +85,13 @@ class ExportResult:
 
 
 def quantize_int8(
-    fp32_path: Path, out: Path, calibration: torch.Tensor, check: torch.Tensor, labels: torch.Tensor, layout: str
-) -> dict[str, Any]:  # fmt: skip
+    fp32_path: Path,
+    out: Path,
+    calibration: torch.Tensor,
+    check: torch.Tensor,
+    labels: torch.Tensor,
+    layout: str,
+) -> dict[str, Any]:
     """onnxruntime static quantization (QDQ, per-channel int8 weights) of the convolutions and matmuls,
     calibrated on training images; reports accuracy against `labels` and the speed of both models."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
@@ -100,9 +105,16 @@ def quantize_int8(
         def get_next(self) -> dict | None:
             return next(self.items, None)
 
-    quantize_static(str(fp32_path), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
-                    op_types_to_quantize=["Conv", "MatMul", "Gemm"])  # fmt: skip
+    quantize_static(
+        str(fp32_path),
+        str(out),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        weight_type=QuantType.QInt8,
+        activation_type=QuantType.QUInt8,
+        op_types_to_quantize=["Conv", "MatMul", "Gemm"],
+    )
     report: dict[str, Any] = {"path": str(out), "calibration_images": len(calibration)}
     predictions = {}
     for name, path in (("fp32", fp32_path), ("int8", out)):
@@ -125,11 +137,18 @@ def metadata(model: Classifier, layout: str) -> dict[str, str]:
 
     meta = model.meta
     shape = ["N", "H", "W", str(meta.in_chans)] if layout == "nhwc" else ["N", str(meta.in_chans), "H", "W"]
-    spec = {"dtype": "uint8", "layout": layout.upper(), "shape": shape, "range": "0-255",
-            "channels": "L (gray)" if meta.in_chans == 1 else "RGB", "exif_orientation": "apply before",
-            "transparency": "composite over white",
-            "preprocessing": f"in the graph: shorter side resized to {meta.input_size} (antialiased), centre crop",
-            "resized_to": meta.input_size, "output": "probabilities (N, classes)"}  # fmt: skip
+    spec = {
+        "dtype": "uint8",
+        "layout": layout.upper(),
+        "shape": shape,
+        "range": "0-255",
+        "channels": "L (gray)" if meta.in_chans == 1 else "RGB",
+        "exif_orientation": "apply before",
+        "transparency": "composite over white",
+        "preprocessing": f"in the graph: shorter side resized to {meta.input_size} (antialiased), centre crop",
+        "resized_to": meta.input_size,
+        "output": "probabilities (N, classes)",
+    }
     return {
         "imgcls_version": __version__,
         "classes": json.dumps(meta.classes),
@@ -172,7 +191,11 @@ def _example(wrapper: RawImageModel, batch: int = 2) -> torch.Tensor:
     """A non-square example input, so tracing keeps height and width apart."""
     channels = wrapper.classify.model.meta.in_chans
     size = wrapper.preprocess.size
-    shape = (batch, size + 7, size + 3, channels) if wrapper.layout == "nhwc" else (batch, channels, size + 7, size + 3)
+    shape = (
+        (batch, size + 7, size + 3, channels)
+        if wrapper.layout == "nhwc"
+        else (batch, channels, size + 7, size + 3)
+    )
     return torch.randint(0, 256, shape, dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
 
 
@@ -187,7 +210,12 @@ def _export_onnx(wrapper: RawImageModel, out: Path, meta: dict[str, str]) -> Non
         # the centre crop (an unbacked symbol) and fails; the exported program keeps it.
         exported = torch.export.export(wrapper, example, dynamic_shapes={"images": dims})
         program = torch.onnx.export(
-            exported, example, input_names=["images"], output_names=["probabilities"], dynamo=True, verbose=False
+            exported,
+            example,
+            input_names=["images"],
+            output_names=["probabilities"],
+            dynamo=True,
+            verbose=False,
         )
     except Exception as e:  # the exporter fails in many ways; the message is what the user needs
         raise ExportError(f"ONNX export failed: {type(e).__name__}: {str(e)[:500]}") from None

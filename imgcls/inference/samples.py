@@ -27,7 +27,9 @@ EXTREME_SHAPES = ((3000, 4000), (5, 7), (150, 2000), (640, 24))
 RAW_BUDGET = 768 << 20
 
 
-def split_sample(split: Split, limit: int, channels: int, seed: int = 0) -> tuple[list[torch.Tensor], torch.Tensor]:
+def split_sample(
+    split: Split, limit: int, channels: int, seed: int = 0
+) -> tuple[list[torch.Tensor], torch.Tensor]:
     """Up to `limit` images of a split as raw uint8 (C, H, W) tensors, with their labels.
 
     Files are decoded as they are (EXIF orientation applied); in-memory images (square at their native

@@ -171,15 +171,25 @@ def create_app(predictor: Predictor, cfg: ServeConfig | None = None) -> FastAPI:
 
     @app.get("/health")
     async def health() -> JSONResponse:
-        body = {"status": "ok" if batcher.alive else "failed", "worker": "running" if batcher.alive else "stopped",
-                "batches": batcher.batches, "requests": batcher.requests, "failures": batcher.failures}  # fmt: skip
+        body = {
+            "status": "ok" if batcher.alive else "failed",
+            "worker": "running" if batcher.alive else "stopped",
+            "batches": batcher.batches,
+            "requests": batcher.requests,
+            "failures": batcher.failures,
+        }
         return JSONResponse(body, status_code=200 if batcher.alive else 503)
 
     @app.get("/info")
     async def info() -> dict[str, Any]:
         m = predictor.meta
-        return {"model": m.name, "classes": m.classes, "input_size": m.input_size, "channels": m.in_chans,
-                "limits": {"max_bytes": cfg.max_bytes, "max_files": cfg.max_files}}  # fmt: skip
+        return {
+            "model": m.name,
+            "classes": m.classes,
+            "input_size": m.input_size,
+            "channels": m.in_chans,
+            "limits": {"max_bytes": cfg.max_bytes, "max_files": cfg.max_files},
+        }
 
     @app.post("/predict", openapi_extra=UPLOAD_SCHEMA)
     async def predict(request: Request) -> dict[str, Any]:
@@ -237,10 +247,11 @@ UPLOAD_SCHEMA = {
                 "schema": {
                     "type": "object",
                     "required": ["files"],
-                    "properties": {"files": {"type": "array", "items": {"type": "string", "format": "binary"}}},
+                    "properties": {
+                        "files": {"type": "array", "items": {"type": "string", "format": "binary"}}
+                    },
                 }
             }
         },
     }
 }
-

@@ -68,9 +68,16 @@ class Classifier(nn.Module):
     """
 
     def __init__(
-        self, backbone: nn.Module, num_features: int, *, num_classes: int, in_chans: int,
-        input_size: int, arch_size: int | None = None, drop_rate: float = 0.0,
-    ) -> None:  # fmt: skip
+        self,
+        backbone: nn.Module,
+        num_features: int,
+        *,
+        num_classes: int,
+        in_chans: int,
+        input_size: int,
+        arch_size: int | None = None,
+        drop_rate: float = 0.0,
+    ) -> None:
         super().__init__()
         self.backbone = backbone
         self.num_features = num_features
@@ -148,9 +155,16 @@ def adapt_first_conv(module: nn.Module, in_chans: int) -> None:
     if conv.in_channels == in_chans:
         return
     new = nn.Conv2d(
-        in_chans, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-        conv.dilation, conv.groups, conv.bias is not None, conv.padding_mode,
-    )  # fmt: skip
+        in_chans,
+        conv.out_channels,
+        conv.kernel_size,
+        conv.stride,
+        conv.padding,
+        conv.dilation,
+        conv.groups,
+        conv.bias is not None,
+        conv.padding_mode,
+    )
     with torch.no_grad():
         if in_chans == 1:
             new.weight.copy_(conv.weight.sum(dim=1, keepdim=True))

@@ -75,7 +75,9 @@ def load_weights(model: Classifier, path: str | Path) -> None:
     model.load_state_dict(tensors)
 
 
-def mismatch(own: dict[str, torch.Tensor], given: dict[str, torch.Tensor], ignore: tuple[str, ...] = ()) -> str:
+def mismatch(
+    own: dict[str, torch.Tensor], given: dict[str, torch.Tensor], ignore: tuple[str, ...] = ()
+) -> str:
     """Missing, unexpected and mis-shaped keys of `given` against `own` (keys starting with `ignore` aside),
     in words, the first three of each; empty when they fit."""
     missing = [k for k in own if k not in given and not k.startswith(ignore)]
@@ -86,7 +88,9 @@ def mismatch(own: dict[str, torch.Tensor], given: dict[str, torch.Tensor], ignor
         if k in own and own[k].shape != v.shape and not k.startswith(ignore)
     ]
     parts = [("missing", missing), ("unexpected", unexpected), ("shape mismatch", wrong)]
-    return "; ".join(f"{what}: {', '.join(keys[:3])}" + (" ..." if len(keys) > 3 else "") for what, keys in parts if keys)
+    return "; ".join(
+        f"{what}: {', '.join(keys[:3])}" + (" ..." if len(keys) > 3 else "") for what, keys in parts if keys
+    )
 
 
 def weights_problem(path: Path) -> str:
@@ -160,5 +164,3 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
 def is_imgcls_state(state: dict[str, torch.Tensor]) -> bool:
     return any(k.startswith("backbone.") for k in state) and any(k.startswith("head.") for k in state)
-
-

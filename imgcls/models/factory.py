@@ -12,9 +12,16 @@ from imgcls.models.transfer import load_backbone
 
 
 def build_model(
-    name: str, *, num_classes: int, in_chans: int = 3, input_size: int | None = None,
-    pretrained: bool = False, drop_rate: float = 0.0, weights: str | None = None, **arch: Any,
-) -> Classifier:  # fmt: skip
+    name: str,
+    *,
+    num_classes: int,
+    in_chans: int = 3,
+    input_size: int | None = None,
+    pretrained: bool = False,
+    drop_rate: float = 0.0,
+    weights: str | None = None,
+    **arch: Any,
+) -> Classifier:
     """Builds a registered model (or `timm/<name>`) for `num_classes` and `in_chans`-channel input.
 
     `pretrained` loads the architecture's published weights (torchvision / timm); `weights` a local

@@ -36,10 +36,14 @@ def tutorial_cnn(
     """The seed posts' two-conv CNN (conv16-pool-conv32-pool-linear), for any channels and size."""
     _no_pretrained("tutorial-cnn", pretrained)
     backbone = nn.Sequential(
-        nn.Conv2d(in_chans, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(in_chans, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
         nn.Flatten(),
-    )  # fmt: skip
+    )
     side = input_size // 4
     return Classifier(
         backbone,
@@ -92,9 +96,12 @@ def smallnet(
     widths = (width, 2 * width, 4 * width, 8 * width)
     backbone = nn.Sequential(
         *_conv_bn(in_chans, widths[0]),
-        _group(widths[0], widths[1]), _group(widths[1], widths[2]), _group(widths[2], widths[3]),
-        nn.AdaptiveMaxPool2d(1), nn.Flatten(),
-    )  # fmt: skip
+        _group(widths[0], widths[1]),
+        _group(widths[1], widths[2]),
+        _group(widths[2], widths[3]),
+        nn.AdaptiveMaxPool2d(1),
+        nn.Flatten(),
+    )
     return Classifier(
         backbone,
         widths[-1],

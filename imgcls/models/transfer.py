@@ -14,10 +14,16 @@ from imgcls.models.base import Classifier, ModelError
 from imgcls.models.checkpoint import is_imgcls_state, mismatch
 
 NUM_GROUPS = 4  # backbone layer groups for freezing and discriminative learning rates
+
+
 def load_backbone(
-    model: Classifier, state: dict[str, torch.Tensor], *, source: str, head: str | None = None,
+    model: Classifier,
+    state: dict[str, torch.Tensor],
+    *,
+    source: str,
+    head: str | None = None,
     skip: tuple[str, ...] = (),
-) -> None:  # fmt: skip
+) -> None:
     """Loads `state` into `model.backbone` by name; the Classifier's head stays fresh.
 
     Args:

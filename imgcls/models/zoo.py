@@ -95,8 +95,13 @@ def _torchvision_builder(arch: str, head_path: str, min_size: int) -> Callable[.
             # Downloaded or local, the weights take one path: a state dict matched by name.
             model.meta.name = arch  # named in load errors
             state = read_state_dict(weights_file) if weights_file else _torchvision_state_dict(arch)
-            load_backbone(model, state, source=weights_file or f"torchvision {arch} weights",
-                          head=head_path, skip=(*DROPPED.get(arch, ()), *(("conv1.",) if small_stem else ())))  # fmt: skip
+            load_backbone(
+                model,
+                state,
+                source=weights_file or f"torchvision {arch} weights",
+                head=head_path,
+                skip=(*DROPPED.get(arch, ()), *(("conv1.",) if small_stem else ())),
+            )
             tf = torchvision.models.get_model_weights(arch).DEFAULT.transforms()
             model.set_normalization(*_for_channels(tuple(tf.mean), tuple(tf.std), in_chans))
         return model

@@ -74,6 +74,11 @@ def test_carved_splits_keep_identical_and_near_identical_images_together(tmp_pat
         assert where[f"alias-{i}.png"] == where[f"actions-{i}.png"]
     for i in range(12, 24):
         assert where[f"devices-{i}-copy.jpg"] == where[f"devices-{i}.png"]
-    result = imgcls.train(data=str(root), model="tutorial-cnn", epochs=1, out=tmp_path / "run",
-                          overrides={"log.progress": False, "data.image_size": 16})  # fmt: skip
+    result = imgcls.train(
+        data=str(root),
+        model="tutorial-cnn",
+        epochs=1,
+        out=tmp_path / "run",
+        overrides={"log.progress": False, "data.image_size": 16},
+    )
     assert result.test is not None  # the leakage check found nothing to refuse

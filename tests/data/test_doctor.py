@@ -72,11 +72,22 @@ def planted(tmp_path: Path) -> Path:
 
 
 PLANTED = {
-    "zero-byte": "zero.png", "not-image": "notes.txt", "truncated": "truncated.png", "corrupt": "corrupt.jpg",
-    "cmyk": "cmyk.jpg", "16-bit": "deep.png", "palette-transparency": "palette.png", "animated": "anim.gif",
-    "exif-rotated": "rotated.jpg", "extreme-aspect": "wide.png", "tiny": "tiny.png", "empty-class": "d",
-    "leak": "copied.png", "near-leak": "reencoded.jpg", "near-duplicate": "again.jpg",
-}  # fmt: skip
+    "zero-byte": "zero.png",
+    "not-image": "notes.txt",
+    "truncated": "truncated.png",
+    "corrupt": "corrupt.jpg",
+    "cmyk": "cmyk.jpg",
+    "16-bit": "deep.png",
+    "palette-transparency": "palette.png",
+    "animated": "anim.gif",
+    "exif-rotated": "rotated.jpg",
+    "extreme-aspect": "wide.png",
+    "tiny": "tiny.png",
+    "empty-class": "d",
+    "leak": "copied.png",
+    "near-leak": "reencoded.jpg",
+    "near-duplicate": "again.jpg",
+}
 
 
 def test_every_planted_problem_is_named(planted: Path, tmp_path: Path, capsys):
@@ -94,7 +105,9 @@ def test_every_planted_problem_is_named(planted: Path, tmp_path: Path, capsys):
         "leak",
     }
     # Nothing else is flagged: the 54 plain images raise no finding.
-    flagged = {Path(p).name for f in report["findings"] for r in f["items"] for p in (r["path"], r["other"]) if p}
+    flagged = {
+        Path(p).name for f in report["findings"] for r in f["items"] for p in (r["path"], r["other"]) if p
+    }
     assert not [n for n in flagged if n.startswith(("a_", "b_", "c_"))]
     out = capsys.readouterr().out
     assert "ERROR leak" in out and "copied.png" in out
@@ -109,7 +122,11 @@ def test_findings_are_records_the_report_renders_without_parsing(planted: Path):
     assert {leak["split"], leak["other_split"]} == {"train", "test"}
     assert {Path(leak["path"]).name, Path(leak["other"]).name} == {"original.png", "copied.png"}
     truncated = items["truncated"][0]
-    assert (truncated["kind"], truncated["split"], Path(truncated["path"]).name) == ("truncated", "train", "truncated.png")
+    assert (truncated["kind"], truncated["split"], Path(truncated["path"]).name) == (
+        "truncated",
+        "train",
+        "truncated.png",
+    )
     assert truncated["reason"] and not truncated["other"]
     assert [(r["split"], r["label"], r["path"]) for r in items["empty-class"]] == [("train", "d", "")]
     text = data_report_text(report)
@@ -141,9 +158,7 @@ def test_training_stops_on_leakage_unless_told_otherwise(planted: Path, tmp_path
     clean = tmp_path / "leaky"
     for split in ("train", "test"):
         write_class_tree(clean / split, per_class=6, seed=1, classes=("a", "b"))  # same seed: same files
-    with pytest.raises(
-        DataError, match=r"(?s)identical images .* in two splits.*--set data.check=off"
-    ):
+    with pytest.raises(DataError, match=r"(?s)identical images .* in two splits.*--set data.check=off"):
         imgcls.train(
             data=str(clean),
             model="tutorial-cnn",
@@ -151,8 +166,13 @@ def test_training_stops_on_leakage_unless_told_otherwise(planted: Path, tmp_path
             out=tmp_path / "r",
             overrides={"log.progress": False},
         )
-    result = imgcls.train(data=str(clean), model="tutorial-cnn", epochs=1, out=tmp_path / "r2",
-                          overrides={"log.progress": False, "data.check": False})  # fmt: skip
+    result = imgcls.train(
+        data=str(clean),
+        model="tutorial-cnn",
+        epochs=1,
+        out=tmp_path / "r2",
+        overrides={"log.progress": False, "data.check": False},
+    )
     assert result.test is not None
 
 

@@ -151,7 +151,13 @@ def test_labels_that_differ_only_by_case_space_or_unicode_form_are_warned(tmp_pa
 
     from tests.conftest import write_class_tree
 
-    classes = ("Cat", "cat", unicodedata.normalize("NFC", "café"), unicodedata.normalize("NFD", "café"), "dog")
+    classes = (
+        "Cat",
+        "cat",
+        unicodedata.normalize("NFC", "café"),
+        unicodedata.normalize("NFD", "café"),
+        "dog",
+    )
     write_class_tree(tmp_path / "t", per_class=3, classes=classes)
     with caplog.at_level("WARNING", logger="imgcls"):
         b = open_dataset(DataConfig(name=str(tmp_path / "t"), val_split=0, test_split=0))
@@ -191,7 +197,9 @@ def test_one_manifest_reader_for_train_check_and_predict(tmp_path: Path):
     project = tmp_path / "project"
     project.mkdir()
     (project / "images").symlink_to(elsewhere)  # the images live on another disk
-    (project / "images" / "circle" / "a, b.png").write_bytes((elsewhere / "circle" / "circle_0.png").read_bytes())
+    (project / "images" / "circle" / "a, b.png").write_bytes(
+        (elsewhere / "circle" / "circle_0.png").read_bytes()
+    )
     (tmp_path / "outside.png").write_bytes((elsewhere / "cross" / "cross_0.png").read_bytes())
     rows = ["label,path"] + [f"{c},images/{c}/{c}_{i}.png" for c in CLASSES for i in range(4)]
     rows += ['circle,"images/circle/a, b.png"', "cross,../outside.png", f"cross,{tmp_path / 'outside.png'}"]

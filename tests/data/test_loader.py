@@ -233,17 +233,36 @@ def test_mixed_training_runs_end_to_end(tmp_path):
         out=tmp_path / "r",
         overrides={**over, "optim.lr": 0.05},
     )
-    assert result.test["num_samples"] == 359 and result.test["accuracy"] > 0.5  # it still learns (chance: 0.1)
+    assert (
+        result.test["num_samples"] == 359 and result.test["accuracy"] > 0.5
+    )  # it still learns (chance: 0.1)
 
 
 def test_a_mid_epoch_start_gives_the_rest_of_the_same_epoch(image_tree: Path):
     """Resuming at batch k yields exactly batches k.. of the uninterrupted epoch, augmentation included."""
     for cache, workers in (("ram", 0), ("off", 0), ("off", 2)):
-        cfg = DataConfig(name=str(image_tree), batch_size=8, val_split=0.0, test_split=0.0, cache=cache,
-                         workers=workers, augment="crop-flip", cutout=6, mixup=0.3)  # fmt: skip
+        cfg = DataConfig(
+            name=str(image_tree),
+            batch_size=8,
+            val_split=0.0,
+            test_split=0.0,
+            cache=cache,
+            workers=workers,
+            augment="crop-flip",
+            cutout=6,
+            mixup=0.3,
+        )
         bundle = prepare(open_dataset(cfg), cfg, 32, 3)
-        loader = build_loader(bundle.train, cfg, size=32, channels=3, device=torch.device("cpu"), train=True,
-                              seed=3, num_classes=3)  # fmt: skip
+        loader = build_loader(
+            bundle.train,
+            cfg,
+            size=32,
+            channels=3,
+            device=torch.device("cpu"),
+            train=True,
+            seed=3,
+            num_classes=3,
+        )
         loader.set_epoch(2)
         full = list(loader)
         loader.set_epoch(2, start_batch=2)
@@ -281,9 +300,13 @@ def test_imbalance_options_train_end_to_end(tmp_path, caplog):
         "data.batch_size": 8,
     }
     with caplog.at_level("INFO", logger="imgcls"):
-        result = imgcls.train(data=str(root), model="tutorial-cnn", epochs=2, out=tmp_path / "r", overrides=over)
+        result = imgcls.train(
+            data=str(root), model="tutorial-cnn", epochs=2, out=tmp_path / "r", overrides=over
+        )
     assert set(result.test["per_class"]) == {"few", "many"}
-    weights = dict(part.split() for part in caplog.text.split("class weights: ")[1].splitlines()[0].split(", "))
+    weights = dict(
+        part.split() for part in caplog.text.split("class weights: ")[1].splitlines()[0].split(", ")
+    )
     assert float(weights["few"]) > 5 * float(weights["many"])  # the rare class weighs more in the loss
 
 
@@ -293,8 +316,9 @@ def test_normalization_is_the_same_streamed_or_in_ram(image_tree: Path):
 
     norms = {}
     for cache in ("ram", "off"):
-        cfg = imgcls.make_config(data=str(image_tree), model="tutorial-cnn",
-                                 overrides={"data.cache": cache, "data.image_size": 16})  # fmt: skip
+        cfg = imgcls.make_config(
+            data=str(image_tree), model="tutorial-cnn", overrides={"data.cache": cache, "data.image_size": 16}
+        )
         _, _, bundle, model = imgcls.api.training.model_and_data(cfg)
         assert (bundle.train.images is not None) == (cache == "ram")
         norms[cache] = (model.meta.mean, model.meta.std)

@@ -63,11 +63,31 @@ def test_mid_epoch_checkpoint_resumes_exactly(tmp_path: Path):
 
 def _train_command(out: Path, *extra: str) -> list[str]:
     return [
-        sys.executable, "-m", "imgcls", "-q", "train", "--data", "digits", "--model", "smallnet",
-        "--epochs", "3", "--out", str(out), "--set", "data.image_size=24", "model.width=12",
-        "train.checkpoint_every=3", "train.deterministic=true", "train.threads=1", "model.drop_rate=0.1",
-        "data.augment=crop", "train.amp=off", "log.progress=false", *extra,
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "imgcls",
+        "-q",
+        "train",
+        "--data",
+        "digits",
+        "--model",
+        "smallnet",
+        "--epochs",
+        "3",
+        "--out",
+        str(out),
+        "--set",
+        "data.image_size=24",
+        "model.width=12",
+        "train.checkpoint_every=3",
+        "train.deterministic=true",
+        "train.threads=1",
+        "model.drop_rate=0.1",
+        "data.augment=crop",
+        "train.amp=off",
+        "log.progress=false",
+        *extra,
+    ]
 
 
 def test_sigkill_mid_epoch_then_resume_ends_with_identical_weights(tmp_path: Path):
@@ -91,8 +111,11 @@ def test_sigkill_mid_epoch_then_resume_ends_with_identical_weights(tmp_path: Pat
     assert at_kill["epoch"] < 3
     resumed = subprocess.run(
         [sys.executable, "-m", "imgcls", "-q", "train", "--resume", str(tmp_path / "killed")],
-        env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert resumed.returncode == 0, resumed.stderr
     assert_same_weights(tmp_path / "straight", tmp_path / "killed")
 
@@ -101,7 +124,8 @@ def test_nonfinite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(t
     # A huge learning rate blows the weights up within a few steps.
     over = {**FAST, "optim.lr": 1e12, "optim.schedule": "constant", "optim.warmup_epochs": 0.0}
     with pytest.raises(
-        TrainingError, match=r"the loss became non-finite \(NaN or inf\) in its first steps, by step \d+ \(epoch 1\)"
+        TrainingError,
+        match=r"the loss became non-finite \(NaN or inf\) in its first steps, by step \d+ \(epoch 1\)",
     ):
         imgcls.train(data="digits", model="tutorial-cnn", epochs=2, out=tmp_path / "r", overrides=over)
     assert not (
@@ -147,7 +171,16 @@ def test_resume_with_another_class_count_is_one_clear_error(tmp_path: Path, imag
         data="digits", model="tutorial-cnn", epochs=1, out=tmp_path / "r", overrides=FAST
     ).run_dir
     capsys.readouterr()
-    argv = ["train", "--resume", str(run), "--data", str(image_tree), "--set", "data.channels=1", "data.image_size=8"]
+    argv = [
+        "train",
+        "--resume",
+        str(run),
+        "--data",
+        str(image_tree),
+        "--set",
+        "data.channels=1",
+        "data.image_size=8",
+    ]
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
     assert "does not fit this model/optimizer" in err and "Traceback" not in err

@@ -43,7 +43,9 @@ def test_weights_for_another_class_count_or_architecture(tmp_path: Path):
     three = build_model("tutorial-cnn", num_classes=3, in_chans=1, input_size=28)
     save_file({k: v.contiguous() for k, v in three.state_dict().items()}, str(tmp_path / "w.safetensors"))
     five = build_model("tutorial-cnn", num_classes=5, in_chans=1, input_size=28)
-    with pytest.raises(CheckpointError, match=r"w.safetensors holds a model for 3 classes, but 5 were expected"):
+    with pytest.raises(
+        CheckpointError, match=r"w.safetensors holds a model for 3 classes, but 5 were expected"
+    ):
         load_weights(five, tmp_path / "w.safetensors")
     other = build_model("smallnet", num_classes=3, in_chans=1, input_size=28)
     with pytest.raises(CheckpointError, match="missing"):
@@ -59,7 +61,10 @@ def test_weights_file_problems_are_said_in_words(tmp_path: Path):
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(good))
     cases = {
         "empty.safetensors": (b"", r"is empty \(0 bytes\)"),
-        "cut.safetensors": (good.read_bytes()[: good.stat().st_size // 2], r"is truncated \(\d+ bytes, shorter"),
+        "cut.safetensors": (
+            good.read_bytes()[: good.stat().st_size // 2],
+            r"is truncated \(\d+ bytes, shorter",
+        ),
         "pickled.safetensors": (None, r"is a pickle \(torch.save\) file, not safetensors"),
     }
     torch.save(model.state_dict(), tmp_path / "pickled.safetensors")

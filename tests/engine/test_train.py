@@ -64,8 +64,14 @@ class Snapshots:
 
 def test_safetensors_weights_match_the_best_epoch(tmp_path: Path):
     snapshots = Snapshots()
-    result = imgcls.train(data="digits", model="tutorial-cnn", epochs=3, out=tmp_path / "r", overrides=FAST,
-                          callbacks=[snapshots])  # fmt: skip
+    result = imgcls.train(
+        data="digits",
+        model="tutorial-cnn",
+        epochs=3,
+        out=tmp_path / "r",
+        overrides=FAST,
+        callbacks=[snapshots],
+    )
     weights = load_file(str(result.run_dir / "model.safetensors"))
     best = json.loads((result.run_dir / "model.json").read_text())["best_epoch"]
     assert best == max(range(1, 4), key=lambda e: (result.history[e - 1]["val_acc"], -e))  # first of the best

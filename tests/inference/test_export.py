@@ -101,15 +101,24 @@ def test_photos_of_any_shape_agree_across_backends(rgb_run: Path, tmp_path: Path
     rows = {}
     for backend in ("torch", "onnx", "torchscript"):
         out = tmp_path / f"{backend}.jsonl"
-        assert cli.main(["predict", str(rgb_run), str(tmp_path / "photos"), "--backend", backend, "--out", str(out)]) == 0
+        assert (
+            cli.main(
+                ["predict", str(rgb_run), str(tmp_path / "photos"), "--backend", backend, "--out", str(out)]
+            )
+            == 0
+        )
         rows[backend] = {r["path"]: r for r in map(json.loads, out.read_text().splitlines())}
     assert len(rows["torch"]) == 211
     for backend in ("onnx", "torchscript"):
         assert rows[backend].keys() == rows["torch"].keys()
         same = sum(rows[backend][p]["label"] == r["label"] for p, r in rows["torch"].items())
         assert same / len(rows["torch"]) >= 0.999, backend
-        diff = max(abs(a["probability"] - b["probability"])
-                   for p, a in rows["torch"].items() for b in rows[backend][p]["top_k"] if b["label"] == a["label"])  # fmt: skip
+        diff = max(
+            abs(a["probability"] - b["probability"])
+            for p, a in rows["torch"].items()
+            for b in rows[backend][p]["top_k"]
+            if b["label"] == a["label"]
+        )
         assert diff <= 1e-3, backend
 
 

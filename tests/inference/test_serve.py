@@ -83,7 +83,7 @@ def test_bad_requests_get_clear_4xx_and_the_server_keeps_serving(client):
                 headers={"content-length": str(10**12), "content-type": "multipart/form-data; boundary=x"},
             ),
             413,
-        ),  # fmt: skip
+        ),
     }
     for name, (response, status) in cases.items():
         assert response.status_code == status, (name, response.text)
@@ -96,8 +96,14 @@ def test_requests_arriving_together_share_a_batch(run_dir: Path):
     app = create_app(imgcls.load(run_dir, device="cpu"), ServeConfig(batch_window_ms=60_000, max_batch=8))
     with TestClient(app) as c:
         statuses = []
-        threads = [threading.Thread(target=lambda: statuses.append(
-            c.post("/predict", files={"files": ("a.png", png(), "image/png")}).status_code)) for _ in range(8)]  # fmt: skip
+        threads = [
+            threading.Thread(
+                target=lambda: statuses.append(
+                    c.post("/predict", files={"files": ("a.png", png(), "image/png")}).status_code
+                )
+            )
+            for _ in range(8)
+        ]
         for t in threads:
             t.start()
         for t in threads:
@@ -146,7 +152,9 @@ def assert_serving(base: str) -> None:
 
 @pytest.fixture(scope="module")
 def server(run_dir: Path):
-    app = create_app(imgcls.load(run_dir, device="cpu"), ServeConfig(max_bytes=200_000, max_files=4, read_timeout_s=1.0))
+    app = create_app(
+        imgcls.load(run_dir, device="cpu"), ServeConfig(max_bytes=200_000, max_files=4, read_timeout_s=1.0)
+    )
     with live_server(app) as (base, port):
         yield app, base, port
 
@@ -166,7 +174,14 @@ def _read_response(sock: socket.socket) -> str:
             break
         data += chunk
     head, _, body = data.partition(b"\r\n\r\n")
-    length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")), 0)
+    length = next(
+        (
+            int(line.split(b":")[1])
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length:")
+        ),
+        0,
+    )
     while len(body) < length:
         chunk = sock.recv(4096)
         if not chunk:
@@ -175,13 +190,16 @@ def _read_response(sock: socket.socket) -> str:
     return (head + b"\r\n\r\n" + body).decode()
 
 
-MULTIPART_HEAD = (b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=B\r\n")
+MULTIPART_HEAD = b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=B\r\n"
 
 
 def test_a_client_that_disconnects_mid_upload(server):
     _, base, port = server
-    sock = _raw_request(port, MULTIPART_HEAD + b"Content-Length: 100000\r\n\r\n",
-                        b'--B\r\nContent-Disposition: form-data; name="files"; filename="a.png"\r\n\r\n' + png()[:100])  # fmt: skip
+    sock = _raw_request(
+        port,
+        MULTIPART_HEAD + b"Content-Length: 100000\r\n\r\n",
+        b'--B\r\nContent-Disposition: form-data; name="files"; filename="a.png"\r\n\r\n' + png()[:100],
+    )
     sock.close()
     assert_serving(base)
 
@@ -206,8 +224,12 @@ def test_a_chunked_upload_over_the_limit_is_413(server):
         for _ in range(32):
             yield b"\0" * 65536
 
-    response = httpx.post(f"{base}/predict", content=chunks(), timeout=30,
-                          headers={"Content-Type": "multipart/form-data; boundary=B"})  # fmt: skip
+    response = httpx.post(
+        f"{base}/predict",
+        content=chunks(),
+        timeout=30,
+        headers={"Content-Type": "multipart/form-data; boundary=B"},
+    )
     assert response.status_code == 413 and "request body over" in response.json()["error"]
     assert_serving(base)
 
@@ -245,7 +267,9 @@ def test_a_cancelled_request_and_a_failing_model_leave_the_worker_alive(run_dir:
             async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
                 slow.set()
                 with pytest.raises(asyncio.TimeoutError):  # the request task is cancelled mid-wait
-                    await asyncio.wait_for(client.post("/predict", files={"files": ("a.png", png(), "image/png")}), 0.1)
+                    await asyncio.wait_for(
+                        client.post("/predict", files={"files": ("a.png", png(), "image/png")}), 0.1
+                    )
                 await asyncio.sleep(0.8)  # the batch finishes for a waiter that is gone
                 slow.clear()
                 monkeypatch.setattr(predictor, "_classify", lambda batch, top_k: 1 / 0)
@@ -258,7 +282,9 @@ def test_a_cancelled_request_and_a_failing_model_leave_the_worker_alive(run_dir:
     failed, ok, health = asyncio.run(scenario())
     assert failed.status_code == 500 and "prediction failed: ZeroDivisionError" in failed.json()["error"]
     assert ok.status_code == 200 and ok.json()["predictions"][0]["label"] == "square"
-    assert health.status_code == 200 and health.json()["worker"] == "running" and health.json()["failures"] == 1
+    assert (
+        health.status_code == 200 and health.json()["worker"] == "running" and health.json()["failures"] == 1
+    )
 
 
 def test_health_reports_a_dead_worker(run_dir: Path):
@@ -293,8 +319,12 @@ def test_loopback_load_with_good_and_bad_requests(server):
     import httpx
 
     _, base, _ = server
-    kinds = [("good", ("a.png", png(0), "image/png")), ("not an image", ("x.png", b"hello", "image/png")),
-             ("text", ("n.txt", b"hi", "text/plain")), ("too large", ("big.png", b"\0" * 300_000, "image/png"))]  # fmt: skip
+    kinds = [
+        ("good", ("a.png", png(0), "image/png")),
+        ("not an image", ("x.png", b"hello", "image/png")),
+        ("text", ("n.txt", b"hi", "text/plain")),
+        ("too large", ("big.png", b"\0" * 300_000, "image/png")),
+    ]
     results: list[tuple[str, int]] = []
 
     def worker(offset: int) -> None:

@@ -18,7 +18,15 @@ from imgcls.inference.serve import create_app
 from imgcls.models import build_model
 from tests.conftest import write_class_tree
 
-HEAVY = {"resnet18", "mobilenet_v3_small", "vgg11_bn", "inception_v3", "efficientnet_b0", "convnext_tiny", "vit_b_16"}  # seconds to minutes each
+HEAVY = {
+    "resnet18",
+    "mobilenet_v3_small",
+    "vgg11_bn",
+    "inception_v3",
+    "efficientnet_b0",
+    "convnext_tiny",
+    "vit_b_16",
+}  # seconds to minutes each
 FAMILIES = ["tutorial-cnn", "smallnet", "timm/resnet10t", *sorted(HEAVY)]
 
 
@@ -37,11 +45,20 @@ def source_weights(name: str, folder: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in HEAVY else n for n in FAMILIES])
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=pytest.mark.slow) if n in HEAVY else n for n in FAMILIES]
+)
 def test_a_model_family_round_trips(name: str, tmp_path: Path):
     write_class_tree(tmp_path / "data", per_class=4)
-    over = {"log.progress": False, "data.image_size": 40, "data.batch_size": 6, "model.weights": str(source_weights(name, tmp_path))}
-    run = imgcls.train(data=str(tmp_path / "data"), model=name, epochs=1, out=tmp_path / "run", overrides=over).run_dir  # fmt: skip
+    over = {
+        "log.progress": False,
+        "data.image_size": 40,
+        "data.batch_size": 6,
+        "model.weights": str(source_weights(name, tmp_path)),
+    }
+    run = imgcls.train(
+        data=str(tmp_path / "data"), model=name, epochs=1, out=tmp_path / "run", overrides=over
+    ).run_dir
     images = sorted((tmp_path / "data").rglob("*_0.png"))
 
     labels = [p["label"] for p in imgcls.load(run, device="cpu").predict(images)]
@@ -70,6 +87,8 @@ def test_a_pretrained_vit_is_rebuilt_at_its_weights_size(monkeypatch):
     monkeypatch.setattr(zoo, "_torchvision_state_dict", lambda arch: source)
     trained = build_model("vit_b_16", num_classes=3, input_size=32, pretrained=True)
     assert trained.meta.arch == {"arch_size": 224}
-    reloaded = build_model("vit_b_16", num_classes=3, input_size=32, **trained.meta.arch)  # as Predictor.from_run
+    reloaded = build_model(
+        "vit_b_16", num_classes=3, input_size=32, **trained.meta.arch
+    )  # as Predictor.from_run
     reloaded.load_state_dict(trained.state_dict())  # raises on any shape mismatch
     assert build_model("vit_b_16", num_classes=3, input_size=32).meta.arch == {"arch_size": 32}

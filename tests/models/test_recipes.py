@@ -15,9 +15,16 @@ from tests.conftest import write_class_tree
 
 def colour_runs(root: Path, per_class: int, model: str) -> list[float]:
     write_class_tree(root / "data", per_class=per_class)
-    return [imgcls.train(data=str(root / "data"), model=model, batch_size=8, out=root / f"seed{seed}",
-                         overrides={"train.seed": seed, "log.progress": False}).test["accuracy"]  # fmt: skip
-            for seed in range(5)]
+    return [
+        imgcls.train(
+            data=str(root / "data"),
+            model=model,
+            batch_size=8,
+            out=root / f"seed{seed}",
+            overrides={"train.seed": seed, "log.progress": False},
+        ).test["accuracy"]
+        for seed in range(5)
+    ]
 
 
 @pytest.mark.parametrize("model", ["tutorial-cnn", "smallnet"])
@@ -43,6 +50,13 @@ def test_an_exploding_loss_is_reported(tmp_path: Path, caplog):
     write_class_tree(tmp_path / "data", per_class=24)
     over = {"log.progress": False, "optim.schedule": "constant", "optim.warmup_epochs": 0.0}
     with caplog.at_level("WARNING", logger="imgcls"):
-        imgcls.train(data=str(tmp_path / "data"), model="tutorial-cnn", batch_size=8, lr=0.3, epochs=2,
-                     out=tmp_path / "run", overrides=over)  # fmt: skip
+        imgcls.train(
+            data=str(tmp_path / "data"),
+            model="tutorial-cnn",
+            batch_size=8,
+            lr=0.3,
+            epochs=2,
+            out=tmp_path / "run",
+            overrides=over,
+        )
     assert "the training loss exploded" in caplog.text and "lower optim.lr (now 0.3)" in caplog.text

@@ -100,8 +100,13 @@ def test_layer_groups_freezing_and_discriminative_lrs():
 def test_finetune_from_a_weights_file_end_to_end(tmp_path: Path, image_tree: Path, resnet18_file):
     source, path = resnet18_file
     small = FAST | {"data.image_size": 32}  # the folder's own size: resnet18's 224 would cost 50x the compute
-    probe = imgcls.train(data=str(image_tree), model="resnet18", epochs=2, out=tmp_path / "probe",
-                         overrides=small | {"model.weights": str(path), "model.freeze": "backbone"})  # fmt: skip
+    probe = imgcls.train(
+        data=str(image_tree),
+        model="resnet18",
+        epochs=2,
+        out=tmp_path / "probe",
+        overrides=small | {"model.weights": str(path), "model.freeze": "backbone"},
+    )
     config = (probe.run_dir / "config.yaml").read_text()
     assert "recipe: finetune" in config and "name: adamw" in config
     # Linear probing: the backbone, BatchNorm statistics included, is exactly the pretrained one.
@@ -109,8 +114,13 @@ def test_finetune_from_a_weights_file_end_to_end(tmp_path: Path, image_tree: Pat
     for key, value in source.state_dict().items():
         if not key.startswith("fc."):
             assert torch.equal(weights[f"backbone.{key}"], value), key
-    full = imgcls.train(data=str(image_tree), model="resnet18", epochs=5, out=tmp_path / "full",
-                        overrides=small | {"model.weights": str(path)})  # fmt: skip
+    full = imgcls.train(
+        data=str(image_tree),
+        model="resnet18",
+        epochs=5,
+        out=tmp_path / "full",
+        overrides=small | {"model.weights": str(path)},
+    )
     after = read_state(full.run_dir / "state.pt")["model"]
     assert not torch.equal(after["backbone.layer4.1.conv2.weight"], source.layer4[1].conv2.weight)  # unfrozen
     assert full.history[-1]["train_loss"] < full.history[0]["train_loss"]
@@ -150,7 +160,12 @@ def test_lr_find_and_lr_auto(tmp_path: Path):
     assert 1e-6 < found["suggestion"] < 10 and found["suggestion"] == pytest.approx(found["min_loss_lr"] / 10)
     losses = found["losses"]
     assert min(losses) < losses[0]  # the curve went down before it went up
-    result = imgcls.train(data="digits", model="tutorial-cnn", epochs=1, out=tmp_path / "auto",
-                          overrides=FAST | {"optim.lr": "auto"})  # fmt: skip
+    result = imgcls.train(
+        data="digits",
+        model="tutorial-cnn",
+        epochs=1,
+        out=tmp_path / "auto",
+        overrides=FAST | {"optim.lr": "auto"},
+    )
     lr = imgcls.config.load(result.run_dir / "config.yaml").optim.lr
     assert isinstance(lr, float) and (result.run_dir / "lr_find.png").is_file()

@@ -14,8 +14,21 @@ from safetensors.torch import load_file
 
 from imgcls.data.memory import epoch_batches
 
-ARGS = ["--data", "digits", "--model", "tutorial-cnn", "--epochs", "2", "--batch-size", "64", "--lr", "0.05",
-        "--set", "train.amp=off", "log.progress=false"]  # fmt: skip
+ARGS = [
+    "--data",
+    "digits",
+    "--model",
+    "tutorial-cnn",
+    "--epochs",
+    "2",
+    "--batch-size",
+    "64",
+    "--lr",
+    "0.05",
+    "--set",
+    "train.amp=off",
+    "log.progress=false",
+]
 # Stated tolerance: the same global batch gives the same averaged gradient; only float summation order differs.
 WEIGHT_ATOL = 1e-4
 ACCURACY_TOL = 0.005
@@ -49,8 +62,12 @@ def test_training_shards_cover_each_global_batch_exactly_once(world: int):
 
 @pytest.mark.parametrize("world", [1, 2, 4])
 def test_evaluation_chunks_restore_every_sample_in_order(world: int):
-    chunks = [torch.cat(epoch_batches(359, 50, shuffle=False, drop_last=False, seed=0, epoch=0, rank=r, world=world))
-              for r in range(world)]  # fmt: skip
+    chunks = [
+        torch.cat(
+            epoch_batches(359, 50, shuffle=False, drop_last=False, seed=0, epoch=0, rank=r, world=world)
+        )
+        for r in range(world)
+    ]
     assert torch.equal(torch.cat(chunks), torch.arange(359))
 
 

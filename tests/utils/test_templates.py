@@ -29,8 +29,15 @@ def test_report_page_escapes_class_names_and_paths():
 def test_data_check_page_escapes_paths_and_reasons():
     record = Record("corrupt", "train", f"{HOSTILE}.jpg", reason="<b>bad</b>")
     finding = Finding("error", "corrupt", "undecodable images", [record], 1)
-    report = {"dataset": HOSTILE, "num_images": 1, "seconds": 0.1, "ok": False, "stats": {"readable": 0},
-              "class_counts": {"train": {HOSTILE: 1}}, "findings": [{**finding.__dict__, "items": [record.__dict__]}]}  # fmt: skip
+    report = {
+        "dataset": HOSTILE,
+        "num_images": 1,
+        "seconds": 0.1,
+        "ok": False,
+        "stats": {"readable": 0},
+        "class_counts": {"train": {HOSTILE: 1}},
+        "findings": [{**finding.__dict__, "items": [record.__dict__]}],
+    }
     page = render_data_html(report, {})
     assert HOSTILE not in page and "<b>bad</b>" not in page
     assert page.count("&lt;script&gt;") == 3  # the title, the class table and the finding

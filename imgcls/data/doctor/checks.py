@@ -34,7 +34,9 @@ def check(bundle: DataBundle, *, near: bool = True) -> DataReport:
     """
     start = time.perf_counter()
     splits = _splits(bundle)
-    images = tensor_images(splits) if all(s.images is not None for s in splits.values()) else file_images(splits)
+    images = (
+        tensor_images(splits) if all(s.images is not None for s in splits.values()) else file_images(splits)
+    )
     counts = {name: class_counts(split.labels, bundle.classes) for name, split in splits.items()}
     findings = [
         *skipped_findings(bundle.skipped),
@@ -42,7 +44,9 @@ def check(bundle: DataBundle, *, near: bool = True) -> DataReport:
         *class_findings(counts, bundle.classes),
         *duplicate_findings(images, near),
     ]
-    report = DataReport(bundle.name, sum(len(s) for s in splits.values()), counts, image_stats(images), findings)
+    report = DataReport(
+        bundle.name, sum(len(s) for s in splits.values()), counts, image_stats(images), findings
+    )
     report.seconds = round(time.perf_counter() - start, 2)
     return report
 
@@ -51,7 +55,13 @@ def skipped_findings(skipped: list[tuple[str, str]]) -> list[Finding]:
     """What was dropped before splitting: non-images (error), unusable paths (warning), bad manifest rows (error)."""
     groups: dict[str, list[Record]] = {"not-image": [], "unusable-path": [], "unusable-entry": []}
     for where, why in skipped:
-        kind = "not-image" if "not an image" in why else "unusable-path" if why.startswith(UNUSABLE_PATH) else "unusable-entry"
+        kind = (
+            "not-image"
+            if "not an image" in why
+            else "unusable-path"
+            if why.startswith(UNUSABLE_PATH)
+            else "unusable-entry"
+        )
         groups[kind].append(Record(kind, "", where, why))
     levels = {
         "not-image": ("error", ERROR_MESSAGES["not-image"]),
@@ -69,7 +79,11 @@ def leakage(bundle: DataBundle) -> list[Finding]:
     if all(s.images is not None for s in splits.values()):
         images = tensor_images(splits, dhash=False)
     else:
-        images = [ImageFacts(name, str(p), byte_hash=byte_hash(p)) for name, s in splits.items() for p in s.paths or []]
+        images = [
+            ImageFacts(name, str(p), byte_hash=byte_hash(p))
+            for name, s in splits.items()
+            for p in s.paths or []
+        ]
     return [f for f in duplicate_findings(images, near=False) if f.severity == "error"]
 
 

@@ -42,7 +42,9 @@ ERROR_MESSAGES = {
 def file_findings(images: list[ImageFacts]) -> list[Finding]:
     findings = []
     for kind, message in ERROR_MESSAGES.items():
-        records = [Record(kind, i.split, i.path, i.error[1]) for i in images if i.error and i.error[0] == kind]
+        records = [
+            Record(kind, i.split, i.path, i.error[1]) for i in images if i.error and i.error[0] == kind
+        ]
         if kind == "not-image" and records:  # files with image extensions that are not images
             message += " (with an image extension)"
         if records:
@@ -69,7 +71,9 @@ def class_findings(counts: dict[str, dict[str, int]], classes: list[str]) -> lis
     for split in ("val", "test"):
         if split in counts:
             kind = f"missing-in-{split}"
-            missing = [Record(kind, split, label=c) for c in classes if train.get(c) and not counts[split].get(c)]
+            missing = [
+                Record(kind, split, label=c) for c in classes if train.get(c) and not counts[split].get(c)
+            ]
             if missing:
                 findings.append(finding("warning", kind, f"classes with no {split} images", missing))
     sizes = [n for n in train.values() if n]
@@ -119,7 +123,9 @@ def _pair_findings(pairs: dict, within_kind: str, across_kind: str, what: str) -
     findings = []
     if across:
         severity = "error" if across_kind == "leak" else "warning"
-        findings.append(finding(severity, across_kind, f"{what} in two splits: test results would be inflated", across))
+        findings.append(
+            finding(severity, across_kind, f"{what} in two splits: test results would be inflated", across)
+        )
     if within:
         findings.append(finding("warning", within_kind, f"{what} within a split", within))
     return findings

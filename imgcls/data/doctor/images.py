@@ -153,7 +153,9 @@ def tensor_images(splits: dict[str, Any], dhash: bool = True) -> list[ImageFacts
         size, gray = tuple(images.shape[-2:]), images.shape[1] == 1
         for i, (p, f, c) in enumerate(zip(paths, fingerprints, codes)):
             thumb = thumbs[i] if thumbs is not None else None
-            out.append(ImageFacts(name, str(p), pixel_hash=f, dhash=int(c), thumb=thumb, size=size, gray=gray))
+            out.append(
+                ImageFacts(name, str(p), pixel_hash=f, dhash=int(c), thumb=thumb, size=size, gray=gray)
+            )
         if out and dhash:
             out[-1].sums = _rgb(pixel_sums(images))  # one entry carries the split's totals
     return out
