@@ -18,9 +18,10 @@ from safetensors.torch import load_file, save_file
 from imgcls.config import Config
 from imgcls.data.decode import ImageDecodeError, open_image
 from imgcls.data.transforms import to_square
-from imgcls.engine.state import CheckpointError, load_weights, read_state
+from imgcls.engine.state import read_state
 from imgcls.engine.train import new_state
 from imgcls.models import build_model
+from imgcls.models.checkpoint import CheckpointError, load_weights
 
 DECODE_REASONS = {
     "cannot read file",

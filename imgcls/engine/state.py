@@ -19,32 +19,12 @@ from torch.optim.swa_utils import AveragedModel
 
 from imgcls.engine.optim import ProgressSchedule
 from imgcls.models import Classifier
-from imgcls.models.checkpoint import (
-    META_FILE,
-    WEIGHTS_FILE,
-    CheckpointError,
-    load_weights,
-    read_meta,
-    save_weights,
-)
-from imgcls.utils import dist
+from imgcls.models.checkpoint import CheckpointError
+from imgcls.utils import dist, run_files
 from imgcls.utils.env import git_sha, versions
 from imgcls.utils.io import atomic_write
 
-STATE_FILE = "state.pt"
-__all__ = [
-    "META_FILE",
-    "STATE_FILE",
-    "WEIGHTS_FILE",
-    "CheckpointError",
-    "TrainState",
-    "load_weights",
-    "read_meta",
-    "read_state",
-    "rng_states",
-    "save_weights",
-    "set_rng_states",
-]
+STATE_FILE = run_files.STATE
 
 
 @dataclass

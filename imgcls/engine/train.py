@@ -18,9 +18,10 @@ from imgcls.engine.callbacks import call
 from imgcls.engine.ema import build_ema
 from imgcls.engine.evaluate import autocast, loss_and_accuracy, predict_split
 from imgcls.engine.optim import build_optimizer, build_schedule
-from imgcls.engine.state import STATE_FILE, TrainState, rng_states, save_weights
+from imgcls.engine.state import STATE_FILE, TrainState, rng_states
 from imgcls.errors import ImgclsError
 from imgcls.models import Classifier
+from imgcls.models.checkpoint import save_weights
 from imgcls.utils import dist
 from imgcls.utils.env import autocast_dtype
 
