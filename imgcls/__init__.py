@@ -10,22 +10,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from imgcls._public import API
 from imgcls._version import __version__
 
-# The public functions live in imgcls.api; they are imported on first use, so `imgcls --help` and config
-# checks stay instant. No submodule may share one of these names: importing it would shadow the function.
-API = (
-    "train",
-    "evaluate",
-    "report",
-    "load",
-    "predict",
-    "export",
-    "serve",
-    "lr_find",
-    "check_data",
-    "make_config",
-)
+# The public functions live in imgcls.api and are imported on first use. No submodule may share one of these
+# names: importing it would shadow the function.
 __all__ = [*API, "__version__"]
 
 

@@ -6,22 +6,18 @@
 - runs: run folders
 """
 
-from imgcls.api.data_check import check_data
-from imgcls.api.evaluation import evaluate, report
-from imgcls.api.planning import make_config
-from imgcls.api.training import TrainResult, lr_find, train
-from imgcls.api.use import export, load, predict, serve
+from imgcls._public import API
+from imgcls.api.data_check import check_data as check_data
+from imgcls.api.evaluation import evaluate as evaluate
+from imgcls.api.evaluation import report as report
+from imgcls.api.planning import make_config as make_config
+from imgcls.api.training import TrainResult as TrainResult
+from imgcls.api.training import lr_find as lr_find
+from imgcls.api.training import train as train
+from imgcls.api.use import export as export
+from imgcls.api.use import load as load
+from imgcls.api.use import predict as predict
+from imgcls.api.use import serve as serve
 
-__all__ = [
-    "train",
-    "evaluate",
-    "report",
-    "load",
-    "predict",
-    "export",
-    "serve",
-    "lr_find",
-    "check_data",
-    "make_config",
-    "TrainResult",
-]
+# Explicit re-exports (`x as x`); __all__ is the public names, said once in imgcls/_public.py.
+__all__ = [*API, "TrainResult"]
