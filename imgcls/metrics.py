@@ -119,7 +119,25 @@ def notable_samples(
             for i in idx
         ]
 
-    return {"confident_mistakes": rows(worst), "uncertain_correct": rows(unsure)}
+    return {
+        "confident_mistakes": rows(worst),
+        "uncertain_correct": rows(unsure),
+        "confused_pairs": rows(_pair_examples(pred, labels, conf)),
+    }
+
+
+def _pair_examples(
+    pred: torch.Tensor, labels: torch.Tensor, conf: torch.Tensor, pairs: int = 5, per_pair: int = 3
+):
+    """The most confident examples of the most frequent (true, predicted) confusions, pair by pair."""
+    wrong = torch.nonzero(pred != labels).flatten()
+    codes = labels[wrong] * (int(max(labels.max(), pred.max())) + 1) + pred[wrong]
+    found, counts = codes.unique(return_counts=True)
+    chosen = []
+    for code in found[counts.argsort(descending=True, stable=True)[:pairs]]:
+        members = wrong[codes == code]
+        chosen.append(members[conf[members].argsort(descending=True)[:per_pair]])
+    return torch.cat(chosen) if chosen else wrong[:0]
 
 
 def evaluation_report(logits: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> dict[str, Any]:

@@ -133,8 +133,9 @@ def data_report_text(report: dict[str, Any], limit: int = 5) -> str:
     return "\n".join(lines)
 
 
-def thumbnail_uri(pixels: np.ndarray, side: int = 96) -> str:
-    """A small PNG data URI of an (H, W[, C]) uint8 image; small images are enlarged without smoothing."""
+def thumbnail_uri(pixels: np.ndarray, side: int = 96, fmt: str = "PNG") -> str:
+    """A small PNG (or JPEG: a third of the size for colourful overlays) data URI of an (H, W[, C]) uint8
+    image; small images are enlarged without smoothing."""
     from PIL import Image
 
     image = Image.fromarray(pixels.squeeze(-1) if pixels.ndim == 3 and pixels.shape[-1] == 1 else pixels)
@@ -144,8 +145,8 @@ def thumbnail_uri(pixels: np.ndarray, side: int = 96) -> str:
         Image.Resampling.NEAREST if scale > 1 else Image.Resampling.LANCZOS,
     )
     buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    image.save(buf, format=fmt, **({"quality": 85} if fmt == "JPEG" else {}))
+    return f"data:image/{fmt.lower()};base64," + base64.b64encode(buf.getvalue()).decode()
 
 
 def _figure_uri(fig) -> str:
@@ -243,7 +244,10 @@ def render_html(result: dict[str, Any], history: list[dict[str, float]]) -> str:
         gallery=[
             ("Most confidently wrong", samples.get("confident_mistakes", [])),
             ("Least confident correct", samples.get("uncertain_correct", [])),
+            ("Most-confused pairs: their most confident examples", samples.get("confused_pairs", [])),
         ],
+        maps=result.get("maps", "not computed"),
+        cams=any("cam_predicted" in row for rows in samples.values() for row in rows),
         calibration_text=" ".join(f"ECE {name}: {c['ece']:.4f}." for name, c in cals.items()),
         reliability_uri=_figure_uri(_reliability_figure(cals)),
         curves_uri=_figure_uri(_curves_figure(history)) if history else None,

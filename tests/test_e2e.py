@@ -71,8 +71,11 @@ def test_fashion_mnist_one_epoch_through_the_cli(tmp_path: Path):
 SECTIONS = ("headline", "per-class", "confusion", "mistakes", "calibration", "curves")
 
 
-def assert_report_renders_in_chromium(page: Path, tmp_path: Path, class_name: str = "T-shirt/top") -> None:
-    """Opens the report offline in headless Chromium: every section shows, every image decodes; a screenshot."""
+def assert_report_renders_in_chromium(
+    page: Path, tmp_path: Path, class_name: str = "T-shirt/top", maps: bool = False
+) -> None:
+    """Opens the report offline in headless Chromium: every section shows, every image decodes; with `maps`,
+    the class-activation maps show beside the mistakes and their toggle hides them; a screenshot."""
     browser = chromium(tmp_path)
     try:
         browser.get(page.as_uri())
@@ -84,9 +87,16 @@ def assert_report_renders_in_chromium(page: Path, tmp_path: Path, class_name: st
         )
         assert broken == [] and len(browser.find_elements("tag name", "img")) >= 5
         assert class_name in browser.find_element("id", "per-class").text
+        if maps:
+            cams = browser.find_elements("css selector", "img[alt='map for the predicted class']")
+            assert len(cams) >= 2 and all(c.is_displayed() for c in cams)
+            browser.find_element("id", "mistakes").screenshot(str(tmp_path / "mistakes-with-maps.png"))
+            browser.find_element("id", "toggle-cams").click()
+            assert not any(c.is_displayed() for c in cams)
         shot = tmp_path / "report.png"
         browser.get_screenshot_as_file(str(shot))
         assert shot.stat().st_size > 10_000
+        print(f"screenshots: {tmp_path}")
     finally:
         browser.quit()
 

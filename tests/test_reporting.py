@@ -116,4 +116,4 @@ def test_a_tiny_runs_report_renders_in_chromium(tmp_path: Path):
     run = imgcls.train(
         data="digits", model="tutorial-cnn", epochs=2, out=tmp_path / "run", overrides={"log.progress": False}
     ).run_dir
-    assert_report_renders_in_chromium(run / "report.html", tmp_path, class_name="7")
+    assert_report_renders_in_chromium(run / "report.html", tmp_path, class_name="7", maps=True)

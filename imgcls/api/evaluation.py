@@ -18,9 +18,11 @@ from imgcls.config import Config, DataConfig
 from imgcls.data.datasets import open_dataset
 from imgcls.data.decode import ImageDecodeError, open_image
 from imgcls.data.loader import build_loader, prepare
+from imgcls.data.transforms import to_square
 from imgcls.data.types import DataError, Split
 from imgcls.engine.calibrate import fit_temperature
 from imgcls.engine.evaluate import predict_split
+from imgcls.inference import explain
 from imgcls.inference.predict import Predictor
 from imgcls.metrics import calibration, evaluation_report
 from imgcls.models import Classifier
@@ -173,7 +175,7 @@ def evaluate_and_write(
         return result
     result["meta"] = _provenance(model, cfg, run_dir)
     if data is not None:
-        _add_gallery_images(result, data, split, model.meta.in_chans)
+        _add_gallery_images(result, data, split, model)
     _write_reports(result, classes, run_dir, split, f"{model.meta.name} on {cfg.data.name} ({split} split)")
     top5 = f", top-5 {result['top5_accuracy']:.4f}" if "top5_accuracy" in result else ""
     log.info(
@@ -187,12 +189,39 @@ def evaluate_and_write(
     return result
 
 
-def _add_gallery_images(result: dict[str, Any], data: Split, split: str, channels: int) -> None:
-    """Each sample the report shows (mistakes, confident ones) gets its path and a thumbnail."""
-    for rows in result["samples"].values():
-        for row in rows:
-            row["path"] = str(data.paths[row["index"]]) if data.paths else f"{split}[{row['index']}]"
-            row["thumbnail"] = thumbnail_uri(_pixels(data, row["index"], channels))
+def _add_gallery_images(result: dict[str, Any], data: Split, split: str, model: Classifier) -> None:
+    """Each sample the report shows (mistakes, doubts, confused pairs) gets its path, a thumbnail and, with the
+    explain extra, its class-activation maps for the predicted and for the true class."""
+    rows = [row for rows in result["samples"].values() for row in rows]
+    for row in rows:
+        row["path"] = str(data.paths[row["index"]]) if data.paths else f"{split}[{row['index']}]"
+        row["thumbnail"] = thumbnail_uri(_pixels(data, row["index"], model.meta.in_chans))
+    result["maps"] = _add_maps(rows, data, model) if rows else "none"
+
+
+def _add_maps(rows: list[dict[str, Any]], data: Split, model: Classifier) -> str:
+    """Grad-CAM overlays (JPEG thumbnails) for each row's predicted and true class; says what it did."""
+    if not explain.available():
+        return f"not shown: {explain.EXTRA}"
+    size, channels = model.meta.input_size, model.meta.in_chans
+    views = torch.stack([_model_view(data, row["index"], size, channels) for row in rows])
+    explainer = explain.Explainer(model)
+    for key, target in (("cam_predicted", "predicted"), ("cam_true", "true")):
+        maps = explainer.maps(views, [row[target] for row in rows])
+        for row, view, cam in zip(rows, views, maps):
+            row[key] = thumbnail_uri(explain.overlay(view.permute(1, 2, 0).numpy(), cam, side=96), fmt="JPEG")
+    return explainer.method
+
+
+def _model_view(data: Split, index: int, size: int, channels: int) -> torch.Tensor:
+    """One image as the model sees it: uint8 (C, size, size)."""
+    if data.images is not None and data.images.shape[-1] == size:
+        return data.images[index]
+    try:
+        image = data.images[index] if data.images is not None else open_image(data.paths[index], channels)
+        return to_square(size)(image)
+    except ImageDecodeError:
+        return torch.zeros(channels, size, size, dtype=torch.uint8)
 
 
 def _write_reports(result: dict[str, Any], classes: list[str], run_dir: Path, split: str, title: str) -> None:

@@ -11,6 +11,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -20,6 +21,7 @@ from imgcls.data.folder import class_name
 from imgcls.data.manifest import read_manifest
 from imgcls.data.memory import decode_files
 from imgcls.data.transforms import pil_to_tensor, to_float, to_square, with_channels
+from imgcls.inference.explain import Explainer
 from imgcls.models import Classifier, ModelMeta, build_model
 from imgcls.models.checkpoint import WEIGHTS_FILE, load_weights, read_meta
 from imgcls.utils.env import available_cores, select_device
@@ -43,6 +45,7 @@ class Predictor:
         self.meta = meta
         self.device = next(model.parameters()).device
         self.square = to_square(meta.input_size)
+        self._explainers: dict[str, Explainer] = {}
 
     @classmethod
     def from_run(cls, run_dir: str | Path, device: str = "auto") -> Predictor:
@@ -98,6 +101,50 @@ class Predictor:
 
     def _classify_items(self, items: Sequence[ImageInput], top_k: int) -> list[dict[str, Any]]:
         return self._classify(torch.stack([self.preprocess(im) for im in items]), top_k)
+
+    def explain(
+        self,
+        images: ImageInput | Sequence[ImageInput],
+        target: str | int | Sequence[str | int] | None = None,
+        method: str = "gradcam",
+    ) -> np.ndarray:
+        """Class-activation maps: where the model looked, as (N, S, S) float32 arrays in [0, 1] over the square
+        it sees (S = its input size; a photo is resized and centre-cropped as for `predict`).
+
+        Args:
+            target: the class to explain (a name or index, or one per image); None: the predicted class.
+            method: gradcam (default), gradcam++, layercam or eigencam. Needs `pip install 'imgcls[explain]'`.
+
+        Example:
+            >>> imgcls.load("runs/my-run").explain(["shirt.jpg"]).shape           # doctest: +SKIP
+            (1, 28, 28)
+        """
+        if isinstance(images, (str, Path, Image.Image)) or (
+            isinstance(images, torch.Tensor) and images.ndim <= 3
+        ):
+            images = [images]
+        batch = torch.stack([self.preprocess(im) for im in images])
+        targets = (
+            target if isinstance(target, (list, tuple)) else None if target is None else [target] * len(batch)
+        )
+        return self.explainer(method).maps(
+            batch, None if targets is None else [self._index(t) for t in targets]
+        )
+
+    def explainer(self, method: str = "gradcam") -> Explainer:
+        """The Explainer for `method`, made once (it holds its own copy of the model)."""
+        if method not in self._explainers:
+            self._explainers[method] = Explainer(self.model, method)
+        return self._explainers[method]
+
+    def _index(self, target: str | int) -> int:
+        if isinstance(target, str):
+            if target not in self.classes:
+                raise ConfigError(f"unknown class {target!r}; the model knows {', '.join(self.classes[:20])}")
+            return self.classes.index(target)
+        if not 0 <= int(target) < self.meta.num_classes:
+            raise ConfigError(f"class index {target} is out of range (0-{self.meta.num_classes - 1})")
+        return int(target)
 
     @torch.inference_mode()
     def _classify(self, batch: torch.Tensor, top_k: int) -> list[dict[str, Any]]:
@@ -199,6 +246,11 @@ class ArtifactPredictor(Predictor):
 
     def _classify_items(self, items: Sequence[ImageInput], top_k: int) -> list[dict[str, Any]]:
         return [self._classify_raw(self.raw(item), top_k) for item in items]
+
+    def explainer(self, method: str = "gradcam") -> Explainer:
+        raise ConfigError(
+            "class-activation maps need the PyTorch model: explain with the run folder (--backend torch)"
+        )
 
     def _classify_raw(self, image: torch.Tensor, top_k: int) -> dict[str, Any]:
         x = image[None].permute(0, 2, 3, 1) if self.layout == "nhwc" else image[None]

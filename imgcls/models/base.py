@@ -91,6 +91,17 @@ class Classifier(nn.Module):
         )
         self.register_buffer("mean", torch.tensor(default_mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(default_std).view(1, -1, 1, 1), persistent=False)
+        # Class-activation maps: the builder names the layer whose activations they weigh, and for a ViT
+        # how many leading tokens (class, registers) are not patches.
+        self.cam_target = ""
+        self.cam_prefix_tokens: int | None = None
+
+    def cam_layer(self) -> nn.Module:
+        """The layer class-activation maps are computed on, as the builder declared it: a CNN's last spatial
+        feature map, a ViT's last block input (tokens, reshaped to the patch grid); never guessed by name."""
+        if not self.cam_target:
+            raise ModelError(f"{self.meta.name or 'this model'} declares no layer for class-activation maps")
+        return self.get_submodule(self.cam_target)
 
     def set_normalization(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
         if len(mean) != self.meta.in_chans or len(std) != self.meta.in_chans:

@@ -45,7 +45,7 @@ def tutorial_cnn(
         nn.Flatten(),
     )
     side = input_size // 4
-    return Classifier(
+    model = Classifier(
         backbone,
         32 * side * side,
         num_classes=num_classes,
@@ -53,6 +53,8 @@ def tutorial_cnn(
         input_size=input_size,
         drop_rate=drop_rate,
     )
+    model.cam_target = "backbone.4"  # the second conv's ReLU, at half the input size
+    return model
 
 
 def _conv_bn(c_in: int, c_out: int) -> list[nn.Module]:
@@ -102,7 +104,7 @@ def smallnet(
         nn.AdaptiveMaxPool2d(1),
         nn.Flatten(),
     )
-    return Classifier(
+    model = Classifier(
         backbone,
         widths[-1],
         num_classes=num_classes,
@@ -110,6 +112,10 @@ def smallnet(
         input_size=input_size,
         drop_rate=drop_rate,
     )
+    # Class-activation maps on the second group's output (stride 4: 7x7 for 28 px), fine enough to point at a
+    # small part of the image (bench/cam_faithfulness.py); the first group's where that would be under 4x4.
+    model.cam_target = "backbone.4" if input_size >= 16 else "backbone.3"
+    return model
 
 
 def _no_pretrained(name: str, pretrained: bool) -> None:

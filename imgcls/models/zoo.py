@@ -30,6 +30,15 @@ TORCHVISION_MODELS: dict[str, tuple[str, int]] = {
     "convnext_tiny": ("classifier.2", 32),
     "vit_b_16": ("heads.head", 32),
 }
+# Where class-activation maps are computed: the last spatial feature map of each torchvision family.
+CAM_LAYERS = {
+    "resnet": "layer4",
+    "vgg": "features",
+    "inception": "Mixed_7c",
+    "efficientnet": "features",
+    "mobilenet": "features",
+    "convnext": "features",
+}
 TIMM_MIN_SIZE = 32
 # Parts of the published weights the models here leave out: Inception's auxiliary classifier, which only
 # helped train ImageNet (the model is built with aux_logits=False).
@@ -91,6 +100,13 @@ def _torchvision_builder(arch: str, head_path: str, min_size: int) -> Callable[.
         )
         if arch.startswith("vit"):
             model.meta.arch["arch_size"] = arch_size  # rebuilt at this size, whatever the weights were
+            # The last block's input norm: the class token attends to the patch tokens after it; the
+            # block's own output patch tokens no longer reach the class token, so their gradient is zero.
+            last = list(dict(net.encoder.layers.named_children()))[-1]
+            model.cam_target = f"backbone.encoder.layers.{last}.ln_1"
+            model.cam_prefix_tokens = 1
+        else:
+            model.cam_target = "backbone." + next(v for k, v in CAM_LAYERS.items() if arch.startswith(k))
         if loading:
             # Downloaded or local, the weights take one path: a state dict matched by name.
             model.meta.name = arch  # named in load errors
@@ -186,7 +202,18 @@ def timm_model(
     if pretrained:
         cfg = net.pretrained_cfg
         model.set_normalization(*_for_channels(tuple(cfg["mean"]), tuple(cfg["std"]), in_chans))
+    _timm_cam_layer(model, net)
     return model
+
+
+def _timm_cam_layer(model: Classifier, net: nn.Module) -> None:
+    """A timm ViT-like model: its last block's input norm, with its prefix tokens; a CNN: the last feature
+    stage that timm itself declares (`feature_info`)."""
+    if hasattr(net, "blocks") and hasattr(net, "num_prefix_tokens"):
+        model.cam_target = f"backbone.blocks.{len(net.blocks) - 1}.norm1"
+        model.cam_prefix_tokens = net.num_prefix_tokens
+    elif getattr(net, "feature_info", None):
+        model.cam_target = "backbone." + net.feature_info[-1]["module"]
 
 
 timm_model.default_size = 224
