@@ -137,6 +137,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         on_prediction=show,
         backend=args.backend,
+        explain=args.explain,
+        explain_method=args.explain_method,
     )
     if args.out:
         print(
@@ -244,6 +246,8 @@ OWN = {
         "--backend": (None, {"choices": ["torch", "onnx", "torchscript"], "default": "torch", "help": "run the exported artifact (imgcls export) instead of PyTorch; RUN_DIR may be the file"}),
         "--top-k": (None, {"type": int, "default": 5}),
         "--json": (None, {"action": "store_true", "help": "one JSON object per line on stdout"}),
+        "--explain": (None, {"metavar": "OUT_DIR", "help": "also write each image's class-activation map (predicted class) as OUT_DIR/<name>.cam.png; needs imgcls[explain]"}),
+        "--explain-method": (None, {"choices": ["gradcam", "gradcam++", "layercam", "eigencam"], "default": "gradcam"}),
     },
     "lr-find": {"--out": (None, {"help": "folder for lr_find.png/json (default: runs/lr-find-<data>-<model>-<time>)"})},
     "data check": {

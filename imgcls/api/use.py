@@ -8,11 +8,15 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import torch
+from PIL import Image
+
 from imgcls import config as config_lib
 from imgcls.api.runs import run_config
 from imgcls.data.datasets import open_dataset
 from imgcls.data.types import DataBundle, DataError
 from imgcls.inference import samples
+from imgcls.inference.explain import overlay
 from imgcls.inference.export import ExportResult, quantize_int8
 from imgcls.inference.export import export as export_model
 from imgcls.inference.predict import ArtifactPredictor, PredictionWriter, Predictor, inputs_with_labels
@@ -43,25 +47,31 @@ def predict(
     batch_size: int = 256,
     on_prediction: Callable[[dict], None] | None = None,
     backend: str = "torch",
+    explain: str | Path | None = None,
+    explain_method: str = "gradcam",
 ) -> dict[str, Any]:
     """Classifies files, folders (recursive), globs and CSV manifests in batches (decoding in threads).
 
     `backend`: torch (the run folder), or onnx/torchscript (its exported artifact, or an artifact path).
     Writes `out` (.csv or .jsonl) as it goes; calls `on_prediction(pred)` per image (the CLI prints);
     returns counts, the skipped files and, where true labels are known (class folders, a CSV label
-    column), the accuracy.
+    column), the accuracy. `explain`: a folder that gets one PNG per image, the class-activation map of
+    the predicted class over the square the model saw (its path is in each prediction as "explanation").
 
     Example:
         >>> imgcls.predict("runs/my-run", ["photos/"], out="predictions.csv")["count"]   # doctest: +SKIP
     """
     predictor = _predictor(run_dir, device, backend)
     files, labels, skipped = inputs_with_labels(inputs, predictor.classes)
+    overlays = OverlayWriter(predictor, explain, explain_method) if explain else None  # fails early
     writer = PredictionWriter(out) if out else None
     count = correct = labelled = 0
     try:
         with progress_bar(len(files), "predicting") as advance:
             for preds, bad in predictor.predict_stream(files, top_k=top_k, batch_size=batch_size):
                 skipped += bad
+                if overlays:
+                    overlays.write(preds)
                 for pred in preds:
                     truth = labels.get(Path(pred["path"]))
                     if writer:
@@ -83,6 +93,34 @@ def predict(
         summary["accuracy"] = round(correct / labelled, 6)
         log.info("accuracy %.4f on %d labelled images", summary["accuracy"], labelled)
     return summary
+
+
+class OverlayWriter:
+    """Writes each prediction's class-activation overlay as OUT/<file stem>.cam.png (a number added where two
+    files share a stem), enlarged to at least 224 px so a 28 px image can be read."""
+
+    def __init__(self, predictor: Predictor, folder: str | Path, method: str) -> None:
+        self.predictor, self.explainer = predictor, predictor.explainer(method)
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.used: set[str] = set()
+
+    def write(self, preds: list[dict[str, Any]]) -> None:
+        if not preds:
+            return
+        views = torch.stack([self.predictor.preprocess(pred["path"]) for pred in preds])
+        targets = [self.predictor.classes.index(pred["label"]) for pred in preds]
+        for pred, view, cam in zip(preds, views, self.explainer.maps(views, targets)):
+            path = self._name(Path(pred["path"]).stem)
+            Image.fromarray(overlay(view.permute(1, 2, 0).numpy(), cam, side=224)).save(path)
+            pred["explanation"] = str(path)
+
+    def _name(self, stem: str) -> Path:
+        name, n = f"{stem}.cam.png", 1
+        while name in self.used:
+            name, n = f"{stem}-{n}.cam.png", n + 1
+        self.used.add(name)
+        return self.folder / name
 
 
 def _predictor(run_dir: str | Path, device: str, backend: str) -> Predictor:

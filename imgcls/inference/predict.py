@@ -128,7 +128,7 @@ class Predictor:
             target if isinstance(target, (list, tuple)) else None if target is None else [target] * len(batch)
         )
         return self.explainer(method).maps(
-            batch, None if targets is None else [self._index(t) for t in targets]
+            batch, None if targets is None else [self.class_index(t) for t in targets]
         )
 
     def explainer(self, method: str = "gradcam") -> Explainer:
@@ -137,7 +137,8 @@ class Predictor:
             self._explainers[method] = Explainer(self.model, method)
         return self._explainers[method]
 
-    def _index(self, target: str | int) -> int:
+    def class_index(self, target: str | int) -> int:
+        """A class name or index -> its index, checked."""
         if isinstance(target, str):
             if target not in self.classes:
                 raise ConfigError(f"unknown class {target!r}; the model knows {', '.join(self.classes[:20])}")

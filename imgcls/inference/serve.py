@@ -11,19 +11,24 @@ upload nor a client that stalls mid-body can exhaust the server.
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from fastapi import FastAPI, HTTPException, Request
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from PIL import Image
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from imgcls.data.decode import ImageDecodeError, open_image
+from imgcls.errors import ImgclsError
+from imgcls.inference.explain import MissingExtraError, overlay
 from imgcls.inference.predict import Predictor
 from imgcls.utils.templates import render
 
@@ -148,7 +153,7 @@ class BodyLimit:
 
 
 def create_app(predictor: Predictor, cfg: ServeConfig | None = None) -> FastAPI:
-    """The service: POST /predict, GET /health, GET /info, GET / (a page), OpenAPI at /docs."""
+    """The service: POST /predict, POST /explain, GET /health, GET /info, GET / (a page), OpenAPI at /docs."""
     cfg = cfg or ServeConfig()
     batcher = Batcher(predictor, cfg)
 
@@ -204,6 +209,26 @@ def create_app(predictor: Predictor, cfg: ServeConfig | None = None) -> FastAPI:
             raise HTTPException(500, f"prediction failed: {type(e).__name__}: {str(e)[:200]}") from None
         return {"predictions": [{"filename": u.filename, **p} for u, p in zip(uploads, preds)]}
 
+    explaining = threading.Lock()  # one Explainer (its own model copy and hooks): one image at a time
+
+    @app.post("/explain", openapi_extra=UPLOAD_SCHEMA, response_class=Response)
+    async def explain(request: Request, target: str | None = None) -> Response:
+        """One image (a `files` field) -> PNG: where the model looked for `target` (a class name; default:
+        the predicted class), as a heat map over the square it sees. Needs the explain extra."""
+        uploads = await _uploads(request, cfg)
+        if len(uploads) != 1:
+            raise HTTPException(400, "send exactly one image to explain")
+        image = await _decode(uploads[0], predictor, cfg)
+        try:
+            png = await asyncio.to_thread(_explain_png, predictor, image, target, explaining)
+        except MissingExtraError as e:
+            raise HTTPException(501, str(e)) from None
+        except ImgclsError as e:  # an unknown target class
+            raise HTTPException(400, str(e)) from None
+        except Exception as e:
+            raise HTTPException(500, f"explanation failed: {type(e).__name__}: {str(e)[:200]}") from None
+        return Response(png, media_type="image/png")
+
     page = render("serve.html", title=f"imgcls: {predictor.meta.name}")
 
     @app.get("/", response_class=HTMLResponse)
@@ -222,6 +247,19 @@ async def _uploads(request: Request, cfg: ServeConfig) -> list[UploadFile]:
     if not uploads:
         raise HTTPException(422, "no image in the request: send files in fields named 'files'")
     return uploads
+
+
+def _explain_png(
+    predictor: Predictor, image: torch.Tensor, target: str | None, lock: threading.Lock
+) -> bytes:
+    """The overlay PNG of one uint8 (C, S, S) image, for `target` or the class the model predicts for it."""
+    with lock:
+        explainer = predictor.explainer()
+        label = target if target is not None else predictor._classify(image[None], 1)[0]["label"]
+        cam = explainer.maps(image[None], [predictor.class_index(label)])[0]
+        buffer = io.BytesIO()
+        Image.fromarray(overlay(image.permute(1, 2, 0).numpy(), cam, side=224)).save(buffer, format="PNG")
+        return buffer.getvalue()
 
 
 async def _decode(upload: UploadFile, predictor: Predictor, cfg: ServeConfig) -> torch.Tensor:

@@ -60,6 +60,23 @@ def test_predict_health_info_and_docs(client):
     assert "Drop an image" in client.get("/").text
 
 
+def test_explain_returns_the_map_as_png_and_refuses_clearly(client):
+    from PIL import Image
+
+    response = client.post("/explain", files=[("files", ("a.png", png(1), "image/png"))])
+    assert response.status_code == 200 and response.headers["content-type"] == "image/png"
+    with Image.open(io.BytesIO(response.content)) as image:
+        assert image.size[0] >= 224 and image.mode == "RGB" and len(image.getcolors(1 << 16) or []) > 10
+    top = client.post("/predict", files=[("files", ("a.png", png(1), "image/png"))]).json()["predictions"][0]
+    named = client.post(f"/explain?target={top['label']}", files=[("files", ("a.png", png(1), "image/png"))])
+    assert named.content == response.content  # the default explains the predicted class
+    unknown = client.post("/explain?target=giraffe", files=[("files", ("a.png", png(1), "image/png"))])
+    assert unknown.status_code == 400 and "unknown class 'giraffe'" in unknown.json()["error"]
+    two = client.post("/explain", files=[("files", ("a.png", png(0), "image/png"))] * 2)
+    assert two.status_code == 400 and "exactly one image" in two.json()["error"]
+    assert "/explain" in client.get("/openapi.json").text
+
+
 def test_bad_requests_get_clear_4xx_and_the_server_keeps_serving(client):
     jpeg = io.BytesIO()
     Image.new("RGB", (64, 64), "red").save(jpeg, "JPEG")
@@ -366,6 +383,18 @@ def test_the_page_in_headless_chromium(run_dir: Path, tmp_path: Path):
                 == "square"
             )
             assert len(browser.find_elements("class name", "bar")) == 3
+            browser.find_element("id", "explain").click()  # the map of the top class, on request
+            for _ in range(200):
+                maps = browser.find_elements("id", "map")
+                if maps and browser.execute_script(
+                    "return arguments[0].complete && arguments[0].naturalWidth", maps[0]
+                ):
+                    break
+                time.sleep(0.05)
+            assert (
+                browser.execute_script("return arguments[0].naturalWidth", browser.find_element("id", "map"))
+                >= 224
+            )
             shot = tmp_path / "page.png"
             browser.get_screenshot_as_file(str(shot))
             from PIL import Image as PILImage
