@@ -247,7 +247,7 @@ OWN = {
         "--top-k": (None, {"type": int, "default": 5}),
         "--json": (None, {"action": "store_true", "help": "one JSON object per line on stdout"}),
         "--explain": (None, {"metavar": "OUT_DIR", "help": "also write each image's class-activation map (predicted class) as OUT_DIR/<name>.cam.png; needs imgcls[explain]"}),
-        "--explain-method": (None, {"choices": ["gradcam", "gradcam++", "layercam", "eigencam"], "default": "gradcam"}),
+        "--explain-method": (None, {"choices": ["gradcam++", "gradcam", "gradcam-elementwise", "hirescam", "layercam", "eigencam"], "default": "gradcam++"}),
     },
     "lr-find": {"--out": (None, {"help": "folder for lr_find.png/json (default: runs/lr-find-<data>-<model>-<time>)"})},
     "data check": {

@@ -16,7 +16,7 @@ from imgcls.api.runs import run_config
 from imgcls.data.datasets import open_dataset
 from imgcls.data.types import DataBundle, DataError
 from imgcls.inference import samples
-from imgcls.inference.explain import overlay
+from imgcls.inference.explain import DEFAULT_METHOD, overlay
 from imgcls.inference.export import ExportResult, quantize_int8
 from imgcls.inference.export import export as export_model
 from imgcls.inference.predict import ArtifactPredictor, PredictionWriter, Predictor, inputs_with_labels
@@ -48,7 +48,7 @@ def predict(
     on_prediction: Callable[[dict], None] | None = None,
     backend: str = "torch",
     explain: str | Path | None = None,
-    explain_method: str = "gradcam",
+    explain_method: str = DEFAULT_METHOD,
 ) -> dict[str, Any]:
     """Classifies files, folders (recursive), globs and CSV manifests in batches (decoding in threads).
 

@@ -21,7 +21,7 @@ from imgcls.data.folder import class_name
 from imgcls.data.manifest import read_manifest
 from imgcls.data.memory import decode_files
 from imgcls.data.transforms import pil_to_tensor, to_float, to_square, with_channels
-from imgcls.inference.explain import Explainer
+from imgcls.inference.explain import DEFAULT_METHOD, Explainer
 from imgcls.models import Classifier, ModelMeta, build_model
 from imgcls.models.checkpoint import WEIGHTS_FILE, load_weights, read_meta
 from imgcls.utils.env import available_cores, select_device
@@ -106,14 +106,14 @@ class Predictor:
         self,
         images: ImageInput | Sequence[ImageInput],
         target: str | int | Sequence[str | int] | None = None,
-        method: str = "gradcam",
+        method: str = DEFAULT_METHOD,
     ) -> np.ndarray:
         """Class-activation maps: where the model looked, as (N, S, S) float32 arrays in [0, 1] over the square
         it sees (S = its input size; a photo is resized and centre-cropped as for `predict`).
 
         Args:
             target: the class to explain (a name or index, or one per image); None: the predicted class.
-            method: gradcam (default), gradcam++, layercam or eigencam. Needs `pip install 'imgcls[explain]'`.
+            method: one of imgcls.inference.explain.METHODS (default gradcam++). Needs `pip install 'imgcls[explain]'`.
 
         Example:
             >>> imgcls.load("runs/my-run").explain(["shirt.jpg"]).shape           # doctest: +SKIP
@@ -131,7 +131,7 @@ class Predictor:
             batch, None if targets is None else [self.class_index(t) for t in targets]
         )
 
-    def explainer(self, method: str = "gradcam") -> Explainer:
+    def explainer(self, method: str = DEFAULT_METHOD) -> Explainer:
         """The Explainer for `method`, made once (it holds its own copy of the model)."""
         if method not in self._explainers:
             self._explainers[method] = Explainer(self.model, method)
@@ -248,7 +248,7 @@ class ArtifactPredictor(Predictor):
     def _classify_items(self, items: Sequence[ImageInput], top_k: int) -> list[dict[str, Any]]:
         return [self._classify_raw(self.raw(item), top_k) for item in items]
 
-    def explainer(self, method: str = "gradcam") -> Explainer:
+    def explainer(self, method: str = DEFAULT_METHOD) -> Explainer:
         raise ConfigError(
             "class-activation maps need the PyTorch model: explain with the run folder (--backend torch)"
         )

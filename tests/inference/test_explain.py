@@ -105,3 +105,8 @@ def test_without_the_extra_one_error_line_names_it(run: Path, tmp_path: Path, mo
     err = capsys.readouterr().err
     assert err.strip() == f"error: {explain.EXTRA}" and "imgcls[explain]" in err
     assert not (tmp_path / "maps").exists()
+
+
+def test_the_cli_offers_every_method_and_the_same_default():
+    options = cli.OWN["predict"]["--explain-method"][1]
+    assert options["choices"] == list(explain.METHODS) and options["default"] == explain.DEFAULT_METHOD
