@@ -25,13 +25,14 @@ SIZES = {
     "vit_b_16": 32,
     "timm/vit_tiny_patch16_224": 32,
 }
-ONE_PER_FAMILY = {"smallnet", "tutorial-cnn", "resnet18", "vgg11_bn", "efficientnet_b0", "mobilenet_v3_small",
-                  "convnext_tiny", "inception_v3", "vit_b_16", "timm/resnet10t", "timm/vit_tiny_patch16_224"}  # fmt: skip
+# The default suite: both small nets, a torchvision and a timm CNN, a ViT; every other family and variant runs
+# with `-m slow` (as in test_families.py: the large ones take seconds each).
+QUICK = {"smallnet", "tutorial-cnn", "resnet18", "timm/resnet10t", "timm/vit_tiny_patch16_224"}
 NAMES = sorted({*MODELS.list(), "timm/resnet10t", "timm/vit_tiny_patch16_224"})
 
 
 @pytest.mark.parametrize(
-    "name", [n if n in ONE_PER_FAMILY else pytest.param(n, marks=pytest.mark.slow) for n in NAMES]
+    "name", [n if n in QUICK else pytest.param(n, marks=pytest.mark.slow) for n in NAMES]
 )
 def test_every_model_gives_a_map_of_the_image_size(name: str):
     torch.manual_seed(0)
