@@ -102,7 +102,12 @@ class OverlayWriter:
     def __init__(self, predictor: Predictor, folder: str | Path, method: str) -> None:
         self.predictor, self.explainer = predictor, predictor.explainer(method)
         self.folder = Path(folder)
-        self.folder.mkdir(parents=True, exist_ok=True)
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:  # a file of that name, no permission, a read-only disk
+            raise config_lib.ConfigError(
+                f"--explain {folder}: cannot make that folder ({e.strerror or e})"
+            ) from None
         self.used: set[str] = set()
 
     def write(self, preds: list[dict[str, Any]]) -> None:

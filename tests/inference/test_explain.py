@@ -96,6 +96,10 @@ def test_predict_explain_writes_one_overlay_per_image(run: Path, tmp_path: Path,
     )
     with Image.open(out / "x.cam.png") as overlay:
         assert overlay.size[0] >= 224 and overlay.mode == "RGB"
+    a_file = tmp_path / "taken.png"
+    a_file.write_bytes(b"not a folder")
+    assert cli.main(["predict", str(run), str(photos), "--explain", str(a_file)]) == 2
+    assert "--explain" in capsys.readouterr().err and a_file.read_bytes() == b"not a folder"
 
 
 def test_without_the_extra_one_error_line_names_it(run: Path, tmp_path: Path, monkeypatch, capsys):
