@@ -209,6 +209,29 @@ def create_app(predictor: Predictor, cfg: ServeConfig | None = None) -> FastAPI:
             raise HTTPException(500, f"prediction failed: {type(e).__name__}: {str(e)[:200]}") from None
         return {"predictions": [{"filename": u.filename, **p} for u, p in zip(uploads, preds)]}
 
+    _add_explain_route(app, predictor, cfg)
+    page = render("serve.html", title=f"imgcls: {predictor.meta.name}")
+
+    @app.get("/", response_class=HTMLResponse)
+    async def index() -> str:
+        return page
+
+    return app
+
+
+async def _uploads(request: Request, cfg: ServeConfig) -> list[UploadFile]:
+    """The request's `files` parts; the file count is limited while parsing, before anything is spooled."""
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise HTTPException(422, "send the images as multipart/form-data in fields named 'files'")
+    form = await request.form(max_files=cfg.max_files, max_fields=cfg.max_files + 16)
+    uploads = [v for v in form.getlist("files") if isinstance(v, UploadFile)]
+    if not uploads:
+        raise HTTPException(422, "no image in the request: send files in fields named 'files'")
+    return uploads
+
+
+def _add_explain_route(app: FastAPI, predictor: Predictor, cfg: ServeConfig) -> None:
+    """POST /explain: the class-activation map of one uploaded image, as PNG."""
     explaining = threading.Lock()  # one Explainer (its own model copy and hooks): one image at a time
 
     @app.post("/explain", openapi_extra=UPLOAD_SCHEMA, response_class=Response)
@@ -228,25 +251,6 @@ def create_app(predictor: Predictor, cfg: ServeConfig | None = None) -> FastAPI:
         except Exception as e:
             raise HTTPException(500, f"explanation failed: {type(e).__name__}: {str(e)[:200]}") from None
         return Response(png, media_type="image/png")
-
-    page = render("serve.html", title=f"imgcls: {predictor.meta.name}")
-
-    @app.get("/", response_class=HTMLResponse)
-    async def index() -> str:
-        return page
-
-    return app
-
-
-async def _uploads(request: Request, cfg: ServeConfig) -> list[UploadFile]:
-    """The request's `files` parts; the file count is limited while parsing, before anything is spooled."""
-    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
-        raise HTTPException(422, "send the images as multipart/form-data in fields named 'files'")
-    form = await request.form(max_files=cfg.max_files, max_fields=cfg.max_files + 16)
-    uploads = [v for v in form.getlist("files") if isinstance(v, UploadFile)]
-    if not uploads:
-        raise HTTPException(422, "no image in the request: send files in fields named 'files'")
-    return uploads
 
 
 def _explain_png(

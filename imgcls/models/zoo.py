@@ -100,13 +100,7 @@ def _torchvision_builder(arch: str, head_path: str, min_size: int) -> Callable[.
         )
         if arch.startswith("vit"):
             model.meta.arch["arch_size"] = arch_size  # rebuilt at this size, whatever the weights were
-            # The last block's input norm: the class token attends to the patch tokens after it; the
-            # block's own output patch tokens no longer reach the class token, so their gradient is zero.
-            last = list(dict(net.encoder.layers.named_children()))[-1]
-            model.cam_target = f"backbone.encoder.layers.{last}.ln_1"
-            model.cam_prefix_tokens = 1
-        else:
-            model.cam_target = "backbone." + next(v for k, v in CAM_LAYERS.items() if arch.startswith(k))
+        _torchvision_cam_layer(model, net, arch)
         if loading:
             # Downloaded or local, the weights take one path: a state dict matched by name.
             model.meta.name = arch  # named in load errors
@@ -125,6 +119,17 @@ def _torchvision_builder(arch: str, head_path: str, min_size: int) -> Callable[.
     build.default_size = 299 if arch == "inception_v3" else 224
     build.__doc__ = f"torchvision {arch}."
     return build
+
+
+def _torchvision_cam_layer(model: Classifier, net: nn.Module, arch: str) -> None:
+    """A ViT: the last block's input norm. The class token attends to the patch tokens there; the block's own
+    output patch tokens no longer reach the class token, so their gradient is zero. A CNN: CAM_LAYERS."""
+    if arch.startswith("vit"):
+        last = list(dict(net.encoder.layers.named_children()))[-1]
+        model.cam_target = f"backbone.encoder.layers.{last}.ln_1"
+        model.cam_prefix_tokens = 1
+    else:
+        model.cam_target = "backbone." + next(v for k, v in CAM_LAYERS.items() if arch.startswith(k))
 
 
 def _torchvision_state_dict(arch: str) -> dict:
