@@ -203,6 +203,8 @@ def _add_maps(rows: list[dict[str, Any]], data: Split, model: Classifier) -> str
     """Grad-CAM overlays (JPEG thumbnails) for each row's predicted and true class; says what it did."""
     if not explain.available():
         return f"not shown: {explain.EXTRA}"
+    if not model.cam_target:  # a timm model that declares no feature stages
+        return f"not shown: {model.meta.name} declares no layer for class-activation maps"
     size, channels = model.meta.input_size, model.meta.in_chans
     views = torch.stack([_model_view(data, row["index"], size, channels) for row in rows])
     explainer = explain.Explainer(model)
