@@ -11,5 +11,6 @@ API = (
     "serve",
     "lr_find",
     "check_data",
+    "pack_data",
     "make_config",
 )

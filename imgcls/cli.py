@@ -93,6 +93,17 @@ def cmd_data_check(args: argparse.Namespace) -> int:
     return 0 if report["ok"] else 1
 
 
+def cmd_data_pack(args: argparse.Namespace) -> int:
+    from imgcls import api
+
+    r = api.pack_data(args.data, args.out, shard_size=args.shard_size, overrides=parse_overrides(args.set))
+    counts = ", ".join(f"{n} {split}" for split, n in r["counts"].items())
+    print(
+        f"{len(r['shards'])} shard(s) in {r['out']}: {counts} images, {r['classes']} classes (classes.json)"
+    )
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from imgcls import api
 
@@ -208,7 +219,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 # flag per line, so ruff's formatter (which would give each option a line of its own) is off for them.
 # fmt: off
 SHARED = {
-    "--data": ("data.name", {"help": "built-in name (fashion-mnist, mnist, cifar10, cifar100, digits), a folder, or a CSV manifest"}),
+    "--data": ("data.name", {"help": "built-in name (fashion-mnist, mnist, cifar10, cifar100, digits), a folder, a CSV manifest, hf:OWNER/NAME[:CONFIG] or a local Hugging Face dataset (imgcls[hf]), or tar shards 'shards/train-{000000..000009}.tar' (imgcls[wds])"}),
     "--model": ("model.name", {"help": "model name (see `imgcls models`), e.g. smallnet, resnet18, timm/convnext_nano"}),
     "--pretrained": ("model.pretrained", {"action": "store_const", "const": True, "help": "start from the architecture's ImageNet weights (torchvision/timm) and fine-tune"}),
     "--weights": ("model.weights", {"metavar": "FILE|RUN_DIR", "help": "start from local weights: a torchvision/timm .pth/.safetensors, or an imgcls run folder"}),
@@ -257,6 +268,12 @@ OWN = {
         "--html": (None, {"metavar": "FILE", "help": "also write a page with thumbnails of every named image"}),
         "--set": (None, {"nargs": "+", "action": "extend", "default": [], "metavar": "KEY=VALUE", "help": "data.* settings, e.g. data.test_split=0.2"}),
     },
+    "data pack": {
+        "data": (None, {"metavar": "DATA"}),
+        "--out": (None, {"required": True, "metavar": "DIR", "help": "a new (or empty) folder for <split>-NNNNNN.tar and classes.json"}),
+        "--shard-size": (None, {"default": "1GB", "metavar": "SIZE", "help": "start a new shard past this size, e.g. 500MB, 1GB (default 1GB)"}),
+        "--set": (None, {"nargs": "+", "action": "extend", "default": [], "metavar": "KEY=VALUE", "help": "data.* settings, e.g. data.image_column=img"}),
+    },
     "export": {
         "--format": (None, {"choices": ["onnx", "torchscript"], "default": "onnx"}),
         "--layout": (None, {"choices": ["nhwc", "nchw"], "default": "nhwc", "help": "input layout (default N,H,W,C)"}),
@@ -288,6 +305,9 @@ COMMANDS = {
     "data check": (cmd_data_check, (), "diagnose a dataset: broken/odd files, class balance, duplicates and leakage, mean/std",
                    "Check a folder, CSV manifest or built-in dataset. Prints a summary, writes a JSON report; "
                    "exit code 0 when there are no errors (warnings allowed), 1 when there are."),
+    "data pack": (cmd_data_pack, (), "write any dataset imgcls reads as WebDataset tar shards (needs imgcls[wds])",
+                  "Write the splits of a folder, CSV, built-in or Hugging Face dataset as OUT/<split>-NNNNNN.tar shards "
+                  "(image + .cls per sample, files' bytes unchanged) and OUT/classes.json; train on them with --data OUT."),
     "export": (cmd_export, ("run_dir",), "export a run's model (ONNX or TorchScript) with its preprocessing, and check it against PyTorch",
                "Write an artifact that takes raw uint8 images and returns probabilities (resize, scaling, normalization, "
                "TTA and temperature inside), with class names and the input spec in its metadata; then check it against "

@@ -28,7 +28,7 @@ class ConfigError(ImgclsError, ValueError):
 
 @dataclass(frozen=True)
 class DataConfig:
-    name: str = "fashion-mnist"  # built-in name, folder path or CSV manifest
+    name: str = "fashion-mnist"  # built-in name, folder, CSV manifest, hf:DATASET, Parquet, or .tar shards
     val_split: float = 0.1  # carved (stratified, seeded) from train when the data has no val split
     test_split: float = 0.1  # carved from a single class-folder tree that has no test split
     image_size: int | None = None  # None: the dataset's native size, else the model's default
@@ -44,6 +44,8 @@ class DataConfig:
     strict: bool = False  # unreadable images are an error instead of a counted skip
     sampler: Literal["shuffle", "balanced"] = "shuffle"  # balanced: every class drawn equally often
     check: bool = True  # before training on files: stop when identical images sit in two splits (leakage)
+    image_column: str | None = None  # Hugging Face datasets: the image column; None: the first Image feature
+    label_column: str | None = None  # ... the label column; None: the first ClassLabel, else label/class/...
 
     def validate(self) -> None:
         _check(0 <= self.val_split < 1, "data.val_split", "must be in [0, 1)")
@@ -160,6 +162,9 @@ class TrainConfig:
 @dataclass(frozen=True)
 class LogConfig:
     tensorboard: bool = False
+    mlflow: bool = (
+        False  # params, metrics and artifacts to MLflow (imgcls[mlflow]); store: $MLFLOW_TRACKING_URI
+    )
     progress: bool = True
 
 

@@ -12,3 +12,7 @@ class ImgclsError(Exception):
     """A user-facing error: the message says what is wrong and what to do; `exit_code` is the CLI's status."""
 
     exit_code = 2
+
+
+class MissingExtraError(ImgclsError, ImportError):
+    """An optional feature's library is not installed; the message names the extra to install."""

@@ -1,13 +1,14 @@
 """The public surface: every function the CLI calls, one module per concern; the CLI is a thin layer over these.
 
 - training: train, lr_find              - evaluation: evaluate, report
-- use: load, predict, export, serve     - data_check: check_data
+- use: load, predict, export, serve     - data_check: check_data; data_pack: pack_data
 - planning: make_config and the one planning step (recipe, sizes, epochs, time)
 - runs: run folders
 """
 
 from imgcls._public import API
 from imgcls.api.data_check import check_data as check_data
+from imgcls.api.data_pack import pack_data as pack_data
 from imgcls.api.evaluation import evaluate as evaluate
 from imgcls.api.evaluation import report as report
 from imgcls.api.planning import make_config as make_config

@@ -13,7 +13,7 @@ from imgcls.data.datasets import open_dataset
 from imgcls.data.decode import ImageDecodeError, open_image
 from imgcls.data.doctor import Record, check
 from imgcls.data.doctor.checks import SPLITS
-from imgcls.data.types import DataBundle
+from imgcls.data.types import DataBundle, Member
 from imgcls.reporting import render_data_html, thumbnail_uri
 from imgcls.utils.io import write_json, write_text
 
@@ -52,12 +52,19 @@ def _finding_thumbnails(report: dict[str, Any], bundle: DataBundle) -> dict[str,
         if (split := getattr(bundle, name)) is not None and split.images is not None
         for i in range(len(split))
     }
+    members = {  # images inside shards or Arrow tables, named as the findings name them
+        str(p): p
+        for name in SPLITS
+        if (split := getattr(bundle, name)) is not None
+        for p in split.paths or []
+        if isinstance(p, Member) and str(p) in wanted
+    }
     thumbs = {}
     for path in wanted:
         if path in in_memory:
             split, i = in_memory[path]
             thumbs[path] = thumbnail_uri(split.images[i].permute(1, 2, 0).numpy(), side=48)
-        elif Path(path).is_file():
+        elif path in members or Path(path).is_file():
             with contextlib.suppress(ImageDecodeError):
-                thumbs[path] = thumbnail_uri(np.asarray(open_image(path, 3)), side=48)
+                thumbs[path] = thumbnail_uri(np.asarray(open_image(members.get(path, path), 3)), side=48)
     return thumbs

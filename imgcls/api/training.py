@@ -20,6 +20,7 @@ from imgcls.data.datasets import open_dataset
 from imgcls.data.doctor import leakage
 from imgcls.data.loader import build_loader, channel_stats, class_weights, prepare
 from imgcls.data.types import DataBundle, DataError
+from imgcls.engine import tracking
 from imgcls.engine.callbacks import CSVLogger, EarlyStopping, ProgressLogger, TensorBoardLogger, Unfreeze
 from imgcls.engine.lr_find import lr_range_test
 from imgcls.engine.state import TrainState
@@ -78,6 +79,8 @@ def train(
     cfg = resolve_config(cfg, config, resume, overrides, shorthands)
     cfg, device, bundle, model = model_and_data(cfg)
     launch = launch_record(cfg)
+    if cfg.log.mlflow:
+        tracking.check_available()
     # The folder is made once the data and model are known good: a failed start leaves none behind.
     run_dir = shared_run_dir(cfg, resume is not None, overwrite)
     cfg = cfg.replace({"out": str(run_dir)})
@@ -101,19 +104,30 @@ def train(
         state.load(run_dir / run_files.STATE)
         log.info("resumed %s after epoch %d", run_dir, state.epoch)
     weights = _class_weights(cfg, bundle, device)
-    callbacks = [*recipe_callbacks(cfg), *callbacks]
-    state = _fit_logged(cfg, state, plan, train_loader, val_loader, callbacks, weights)
-
-    test = None
-    if bundle.test is not None:
-        if dist.is_main():  # evaluate the best checkpoint, as `imgcls eval` would
-            load_weights(model, run_dir / run_files.WEIGHTS)
-        dist.broadcast_module(model)  # other ranks (maybe on other machines) get rank 0's weights
-        test_loader = build_loader(bundle.test, cfg.data, train=False, **loader_args)
-        test = evaluate_and_write(model, test_loader, bundle.classes, run_dir, "test", cfg, data=bundle.test)
+    tracker = tracking.MLflowLogger(cfg, run_dir) if cfg.log.mlflow and dist.is_main() else None
+    callbacks = [*recipe_callbacks(cfg), *([tracker] if tracker else []), *callbacks]
+    try:
+        state = _fit_logged(cfg, state, plan, train_loader, val_loader, callbacks, weights)
+        test = _test(cfg, model, bundle, loader_args) if bundle.test is not None else None
+    except BaseException as e:
+        if tracker:
+            tracker.abort(interrupted=isinstance(e, KeyboardInterrupt))
+        raise
+    if tracker:
+        tracker.finish(test)
     elapsed = time.perf_counter() - start
     log.info("done in %.1fs: %s", elapsed, run_dir)
     return TrainResult(run_dir, test, state.history, elapsed)
+
+
+def _test(cfg: Config, model: Classifier, bundle: DataBundle, loader_args: dict[str, Any]) -> dict[str, Any]:
+    """The best checkpoint on the test split, as `imgcls eval` would evaluate it; writes eval.json and report."""
+    run_dir = Path(cfg.out)
+    if dist.is_main():
+        load_weights(model, run_dir / run_files.WEIGHTS)
+    dist.broadcast_module(model)  # other ranks (maybe on other machines) get rank 0's weights
+    test_loader = build_loader(bundle.test, cfg.data, train=False, **loader_args)
+    return evaluate_and_write(model, test_loader, bundle.classes, run_dir, "test", cfg, data=bundle.test)
 
 
 def lr_find(

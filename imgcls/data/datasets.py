@@ -30,7 +30,7 @@ SYSTEM_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
 
 def open_dataset(cfg: DataConfig) -> DataBundle:
-    """Resolves `cfg.name` (built-in name, folder or CSV) and carves val/test splits as configured.
+    """Resolves `cfg.name` (built-in, folder, CSV, Hugging Face dataset or tar shards) and carves val/test splits as configured.
 
     Example:
         >>> bundle = open_dataset(DataConfig(name="digits"))
@@ -38,27 +38,35 @@ def open_dataset(cfg: DataConfig) -> DataBundle:
         10
     """
     name = cfg.name
-    if name in DATASETS:
-        bundle = DATASETS.build(name)
-    else:
-        from imgcls.data import folder
-
-        path = Path(name).expanduser()
-        if path.is_dir():
-            bundle = folder.from_folder(path, cfg)
-        elif path.is_file() and path.suffix.lower() == ".csv":
-            bundle = folder.from_csv(path, cfg)
-        elif path.exists():
-            raise DataError(f"{name}: expected a folder of class folders or a .csv manifest")
-        else:
-            try:
-                DATASETS.get(name)
-            except RegistryError as e:
-                raise DataError(
-                    f"data {name!r} is neither an existing folder/CSV nor a built-in: {e}"
-                ) from None
+    bundle = DATASETS.build(name) if name in DATASETS else _open_source(name, cfg)
     warn_confusable(bundle.classes)
     return carve_splits(bundle, cfg)
+
+
+def _open_source(name: str, cfg: DataConfig) -> DataBundle:
+    """A Hugging Face dataset, tar shards, a class-folder tree or a CSV manifest, by what `name` is."""
+    from imgcls.data import folder, hf, shards
+
+    path = Path(name).expanduser()
+    if hf.is_hf(name):
+        return hf.from_hf(name, cfg)
+    if shards.is_shards(name):
+        return shards.from_shards(name, cfg)
+    if path.is_dir():
+        return folder.from_folder(path, cfg)
+    if path.is_file() and path.suffix.lower() == ".csv":
+        return folder.from_csv(path, cfg)
+    if path.exists():
+        raise DataError(
+            f"{name}: expected a folder of class folders, a .csv manifest, .parquet or .tar shards"
+        )
+    try:
+        DATASETS.get(name)
+    except RegistryError as e:
+        raise DataError(
+            f"data {name!r} is neither an existing folder/CSV/shard set, an hf: dataset nor a built-in: {e}"
+        ) from None
+    raise AssertionError("unreachable: a registered name is built above")
 
 
 def confusable_groups(names: list[str]) -> list[list[str]]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
@@ -45,8 +46,8 @@ class ImageDecodeError(ImgclsError, ValueError):
         self.reason = reason
 
 
-def open_image(source: str | Path | bytes, channels: int) -> Image.Image:
-    """Decodes `source` (a path or encoded bytes) into an 'L' (channels=1) or 'RGB' (channels=3) image.
+def open_image(source: str | Path | bytes | Any, channels: int) -> Image.Image:
+    """Decodes `source` (a path, encoded bytes, or anything with `read_bytes()`) into an 'L' (channels=1) or 'RGB' (channels=3) image.
 
     Raises:
         ImageDecodeError: unreadable, truncated, empty, not an image, or a decompression bomb.
@@ -57,7 +58,7 @@ def open_image(source: str | Path | bytes, channels: int) -> Image.Image:
     """
     name = "<bytes>" if isinstance(source, bytes) else str(source)
     try:
-        raw = source if isinstance(source, bytes) else Path(source).read_bytes()
+        raw = source if isinstance(source, bytes) else _readable(source).read_bytes()
     except OSError as e:
         raise ImageDecodeError(name, f"cannot read file ({e.strerror or e})") from None
     if not raw:
@@ -82,6 +83,11 @@ def open_image(source: str | Path | bytes, channels: int) -> Image.Image:
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, MemoryError) as e:
         # PIL signals truncation and corrupt streams with a zoo of exception types.
         raise ImageDecodeError(name, f"corrupt or truncated image ({type(e).__name__}: {e})") from None
+
+
+def _readable(source: Any) -> Any:
+    """A path as a Path; a container member (anything with read_bytes) as it is."""
+    return source if hasattr(source, "read_bytes") else Path(source)
 
 
 def to_channels(im: Image.Image, channels: int) -> Image.Image:

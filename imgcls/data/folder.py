@@ -71,7 +71,7 @@ def from_csv(path: Path, cfg: DataConfig) -> DataBundle:
         by_split[row.split].append(row)
     if not by_split["train"]:
         raise DataError(f"{path}: no rows for the train split")
-    classes = _sorted_labels({row.label for row in by_split["train"]})
+    classes = sorted_labels({row.label for row in by_split["train"]})
     index = {c: i for i, c in enumerate(classes)}
     splits: dict[str, Split] = {}
     for split, items in by_split.items():
@@ -94,8 +94,8 @@ def from_csv(path: Path, cfg: DataConfig) -> DataBundle:
     )
 
 
-def _sorted_labels(labels: set[str]) -> list[str]:
-    # Numeric labels sort as numbers ("2" before "10"); anything else sorts as text.
+def sorted_labels(labels: set[str]) -> list[str]:
+    """Class names from label texts: numeric labels sort as numbers ("2" before "10"), others as text."""
     if all(label.lstrip("-").isdigit() for label in labels):
         return sorted(labels, key=int)
     return sorted(labels)

@@ -6,6 +6,7 @@ training device, and int64 labels.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 from collections.abc import Iterable, Iterator
@@ -31,6 +32,7 @@ from imgcls.data.memory import (
 )
 from imgcls.data.stats import ChannelStats, channel_stats_of
 from imgcls.data.transforms import to_float, to_square, train_augment
+from imgcls.data.types import ImageSource
 from imgcls.utils.env import available_cores
 
 log = logging.getLogger("imgcls")
@@ -46,9 +48,9 @@ def resolve_channels(bundle: DataBundle, cfg: DataConfig) -> int:
         return bundle.channels
     paths = bundle.train.paths or []
 
-    def mode(p: Path) -> str | None:
+    def mode(p: ImageSource) -> str | None:
         try:
-            with Image.open(p) as im:
+            with Image.open(p if isinstance(p, Path) else io.BytesIO(p.read_bytes())) as im:
                 return im.mode
         except Exception:  # unreadable files are reported when decoded
             return None
@@ -284,6 +286,9 @@ class StreamLoader:
             collate_fn=_collate_present,
             pin_memory=device.type == "cuda",
             persistent_workers=False,
+            # Its own generator: each epoch's iterator draws a worker seed, which from the global RNG would
+            # shift dropout's stream, and a run resumed mid-epoch would then differ from an uninterrupted one.
+            generator=torch.Generator().manual_seed(seed),
         )
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:

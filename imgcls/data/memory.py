@@ -22,6 +22,7 @@ from safetensors.torch import save_file
 
 from imgcls.data.decode import ImageDecodeError, open_image
 from imgcls.data.transforms import crop_padding, to_float, to_square
+from imgcls.data.types import ImageSource, Member
 from imgcls.utils.env import available_cores
 from imgcls.utils.io import atomic_write
 
@@ -210,25 +211,20 @@ CACHE_VERSION = 3  # bump when decoding or squaring changes what a file decodes 
 
 
 def decode_files_cached(
-    paths: list[Path], size: int, channels: int, cache_dir: Path | None
+    paths: list[ImageSource], size: int, channels: int, cache_dir: Path | None
 ) -> tuple[torch.Tensor, torch.Tensor, list[tuple[str, str]]]:
     """`decode_files`, remembered on disk: a second run over unchanged files skips decoding.
 
-    The cache key covers every path with its inode, size, modification and change times, and the target
-    size and channels, so a changed, added or removed file decodes afresh. The change time (ctime) matters:
+    The cache key covers every path with its inode, size, modification and change times (a member of a tar
+    shard or Arrow table: its own identity), and the target size and channels, so a changed, added or
+    removed file decodes afresh. The change time (ctime) matters:
     an edit can keep size and mtime (`cp -p`, `touch -r`), but no user call sets the ctime back.
     """
     if cache_dir is None or not paths:
         return decode_files(paths, size, channels)
     key = hashlib.sha256(f"{CACHE_VERSION}:{size}:{channels}\n".encode())
     for p in paths:
-        try:
-            st = p.stat()
-            key.update(
-                os.fsencode(p) + f"\0{st.st_ino}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}\n".encode()
-            )
-        except OSError:
-            key.update(os.fsencode(p) + b"\0missing\n")
+        key.update(_identity(p))
     path = cache_dir / f"{key.hexdigest()[:32]}.safetensors"
     if path.is_file():
         try:
@@ -246,8 +242,22 @@ def decode_files_cached(
     return images, ok, failed
 
 
+def _identity(source: ImageSource) -> bytes:
+    """A file's path with its inode, size, modification and change times; a member's own identity."""
+    if isinstance(source, Member):
+        return source.identity().encode() + b"\n"
+    try:
+        st = source.stat()
+        return (
+            os.fsencode(source)
+            + f"\0{st.st_ino}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}\n".encode()
+        )
+    except OSError:
+        return os.fsencode(source) + b"\0missing\n"
+
+
 def decode_files(
-    paths: list[Path], size: int, channels: int, threads: int | None = None
+    paths: list[ImageSource], size: int, channels: int, threads: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, list[tuple[str, str]]]:
     """Decodes and squares every file into one uint8 tensor (N, C, size, size).
 
@@ -255,7 +265,7 @@ def decode_files(
     """
     square = to_square(size)
 
-    def load(path: Path) -> torch.Tensor | str:
+    def load(path: ImageSource) -> torch.Tensor | str:
         try:
             return square(open_image(path, channels))
         except ImageDecodeError as e:

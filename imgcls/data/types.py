@@ -15,13 +15,33 @@ class DataError(ImgclsError, ValueError):
     """The data cannot be used as given; the message says why and what to do."""
 
 
+class Member:
+    """An image stored inside a container (a tar shard, an Arrow table), read and named like a file.
+
+    A split's `paths` may hold members next to (or instead of) files: everything that reads an image
+    calls `read_bytes()`, and everything that names one prints `str()`, so the decoder, the in-RAM and
+    streaming paths, the data doctor and the reports treat both alike. Subclasses are frozen dataclasses
+    (hashable, picklable into DataLoader workers) and define `read_bytes`, `identity` and `__str__`.
+    """
+
+    def read_bytes(self) -> bytes:
+        raise NotImplementedError
+
+    def identity(self) -> str:
+        """What changes when the member's bytes may have changed (decode cache keys)."""
+        raise NotImplementedError
+
+
+ImageSource = Path | Member  # what a split's `paths` holds
+
+
 @dataclass
 class Split:
-    """One split: labels plus either uint8 `images` (N, C, H, W) or `paths` to decode."""
+    """One split: labels plus either uint8 `images` (N, C, H, W) or `paths` (files or members) to decode."""
 
     labels: torch.Tensor
     images: torch.Tensor | None = None
-    paths: list[Path] | None = None
+    paths: list[ImageSource] | None = None
 
     def __len__(self) -> int:
         return len(self.labels)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from imgcls.models.transfer import NUM_GROUPS, set_frozen
+from imgcls.utils.extras import require
 from imgcls.utils.progress import live_progress
 
 log = logging.getLogger("imgcls")
@@ -100,13 +101,8 @@ class TensorBoardLogger:
     """TensorBoard event files in RUN_DIR/tensorboard (needs the `tensorboard` package)."""
 
     def __init__(self, log_dir: str | Path) -> None:
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            raise RuntimeError(
-                "log.tensorboard=true needs TensorBoard: pip install 'imgcls[tensorboard]'"
-            ) from None
-        self.writer = SummaryWriter(str(log_dir))
+        tensorboard = require("torch.utils.tensorboard", "tensorboard", "log.tensorboard=true")
+        self.writer = tensorboard.SummaryWriter(str(log_dir))
 
     def on_eval_end(self, state, metrics: dict[str, float]) -> None:
         for key, value in metrics.items():

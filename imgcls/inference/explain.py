@@ -16,7 +16,7 @@ from torch import nn
 
 from imgcls.config import ConfigError
 from imgcls.data.transforms import to_float
-from imgcls.errors import ImgclsError
+from imgcls.errors import MissingExtraError
 from imgcls.models import Classifier
 
 METHODS = ("gradcam++", "gradcam", "gradcam-elementwise", "hirescam", "layercam", "eigencam")
@@ -25,10 +25,6 @@ METHODS = ("gradcam++", "gradcam", "gradcam-elementwise", "hirescam", "layercam"
 # channel weights (gradients averaged over the map) assume average pooling.
 DEFAULT_METHOD = "gradcam++"
 EXTRA = "class-activation maps need the explain extra: pip install 'imgcls[explain]'"
-
-
-class MissingExtraError(ImgclsError, ImportError):
-    """An optional feature's library is not installed; the message names the extra to install."""
 
 
 def available() -> bool:

@@ -27,8 +27,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from imgcls.data.decode import ImageDecodeError, open_image
-from imgcls.errors import ImgclsError
-from imgcls.inference.explain import MissingExtraError, overlay
+from imgcls.errors import ImgclsError, MissingExtraError
+from imgcls.inference.explain import overlay
 from imgcls.inference.predict import Predictor
 from imgcls.utils.templates import render
 

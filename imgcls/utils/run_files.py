@@ -9,6 +9,7 @@ STATE = "state.pt"  # the full training state, for --resume
 METRICS = "metrics.csv"
 CURVES = "curves.png"
 TENSORBOARD = "tensorboard"
+MLFLOW = "mlflow.json"  # the MLflow run this run logs to (log.mlflow), for --resume
 LR_FIND_PLOT = "lr_find.png"
 LR_FIND_JSON = "lr_find.json"
 EXPORTS = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt"}

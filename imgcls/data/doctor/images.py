@@ -8,7 +8,6 @@ import io
 import warnings
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,6 +17,7 @@ from PIL import Image, UnidentifiedImageError
 
 from imgcls.data.decode import MAX_PIXELS, ImageDecodeError, open_image
 from imgcls.data.stats import pixel_sums
+from imgcls.data.types import ImageSource
 from imgcls.utils.env import available_cores
 
 TINY_SIDE = 16  # pixels: smaller images hold little to learn from
@@ -28,7 +28,7 @@ PROCESS_THRESHOLD = 4000  # files; below this, threads (no process start-up)
 
 @dataclass
 class ImageFacts:
-    """What one image file says about itself (or why it cannot be read)."""
+    """What one image file (or container member) says about itself (or why it cannot be read)."""
 
     split: str
     path: str
@@ -46,7 +46,7 @@ class ImageFacts:
 def file_images(splits: dict[str, Any]) -> list[ImageFacts]:
     """Inspects every file; large datasets in worker processes (the per-file work is mostly Python,
     which threads would serialize on the GIL), small ones in threads (no start-up cost)."""
-    jobs = [(name, Path(p)) for name, split in splits.items() for p in split.paths or []]
+    jobs = [(name, p) for name, split in splits.items() for p in split.paths or []]
     cores = available_cores()
     if len(jobs) >= PROCESS_THRESHOLD and cores > 1:
         chunks = [jobs[i : i + 512] for i in range(0, len(jobs), 512)]
@@ -56,18 +56,18 @@ def file_images(splits: dict[str, Any]) -> list[ImageFacts]:
         return list(pool.map(lambda job: _inspect(*job), jobs, chunksize=32))
 
 
-def _inspect_many(jobs: list[tuple[str, Path]]) -> list[ImageFacts]:
+def _inspect_many(jobs: list[tuple[str, ImageSource]]) -> list[ImageFacts]:
     return [_inspect(*job) for job in jobs]
 
 
-def byte_hash(path: Path) -> str:
+def byte_hash(path: ImageSource) -> str:
     try:
         return hashlib.blake2b(path.read_bytes(), digest_size=16).hexdigest()
     except OSError:
         return ""
 
 
-def _inspect(split: str, path: Path) -> ImageFacts:
+def _inspect(split: str, path: ImageSource) -> ImageFacts:
     info = ImageFacts(split, str(path))
     try:
         raw = path.read_bytes()
