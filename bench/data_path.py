@@ -110,7 +110,7 @@ def file_formats() -> dict[str, dict[str, float]]:
         sources = write_formats(Path(tmp))
         for name, data in sources.items():
             start = time.perf_counter()
-            bundle = open_dataset(DataConfig(name=data, val_split=0))
+            bundle = open_dataset(DataConfig(name=data, val_split=0, test_split=0))
             opened = time.perf_counter() - start
             start = time.perf_counter()
             images, _, failed = decode_files(bundle.train.paths, 28, 1)

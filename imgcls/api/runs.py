@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -92,5 +93,6 @@ def run_config(run_dir: Path, data: str | None = None) -> Config:
 
 
 def stem(name: str) -> str:
-    """A data or model name as part of a folder name."""
-    return Path(name.rstrip("/")).stem.replace("/", "-") or "data"
+    """A data or model name as part of a folder name (a shard pattern's brace ranges left out)."""
+    plain = Path(re.sub(r"\{[^}]*\}", "", name).rstrip("/")).stem.strip("-_.")
+    return plain.replace("/", "-") or "data"

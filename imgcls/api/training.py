@@ -79,8 +79,9 @@ def train(
     cfg = resolve_config(cfg, config, resume, overrides, shorthands)
     cfg, device, bundle, model = model_and_data(cfg)
     launch = launch_record(cfg)
-    if cfg.log.mlflow:
-        tracking.check_available()
+    store = (
+        tracking.open_store(Path(cfg.out) if resume else None) if cfg.log.mlflow and dist.is_main() else None
+    )
     # The folder is made once the data and model are known good: a failed start leaves none behind.
     run_dir = shared_run_dir(cfg, resume is not None, overwrite)
     cfg = cfg.replace({"out": str(run_dir)})
@@ -104,7 +105,7 @@ def train(
         state.load(run_dir / run_files.STATE)
         log.info("resumed %s after epoch %d", run_dir, state.epoch)
     weights = _class_weights(cfg, bundle, device)
-    tracker = tracking.MLflowLogger(cfg, run_dir) if cfg.log.mlflow and dist.is_main() else None
+    tracker = tracking.MLflowLogger(cfg, run_dir, store) if store else None
     callbacks = [*recipe_callbacks(cfg), *([tracker] if tracker else []), *callbacks]
     try:
         state = _fit_logged(cfg, state, plan, train_loader, val_loader, callbacks, weights)

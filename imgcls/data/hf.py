@@ -54,8 +54,10 @@ class Rows:
         return b""  # decodes as "empty file": a counted skip
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True)
 class Row(Member):
+    """One row's image (equal and hashed by its table, which compares by identity, and its index)."""
+
     rows: Rows
     index: int
 
@@ -67,12 +69,6 @@ class Row(Member):
 
     def __str__(self) -> str:
         return f"{self.rows.name}[{self.index}]"
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Row) and (other.rows, other.index) == (self.rows, self.index)
-
-    def __hash__(self) -> int:
-        return hash((id(self.rows), self.index))
 
 
 def from_hf(name: str, cfg: DataConfig) -> DataBundle:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import io
 import logging
+import multiprocessing
 import os
+import sys
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -286,6 +288,7 @@ class StreamLoader:
             collate_fn=_collate_present,
             pin_memory=device.type == "cuda",
             persistent_workers=False,
+            multiprocessing_context=_worker_context(workers),
             # Its own generator: each epoch's iterator draws a worker seed, which from the global RNG would
             # shift dropout's stream, and a run resumed mid-epoch would then differ from an uninterrupted one.
             generator=torch.Generator().manual_seed(seed),
@@ -315,6 +318,20 @@ class StreamLoader:
             if self.mix is not None:
                 x, y = self.mix(x, y, batch_generator(self.seed, self.epoch, b, self.rank))
             yield x, y
+
+
+def _worker_context(workers: int) -> multiprocessing.context.BaseContext | None:
+    """Workers forked from a clean forkserver (imgcls's loader imported once), not from the training process.
+
+    Forking the training process can hang the new worker for good: CPython 3.11 deadlocks in a child forked
+    while another thread starts or ends (the previous DataLoader's queue thread does, between epochs; gloo
+    and OpenMP run threads too). Seen as a 2-process run stuck at its first validation.
+    """
+    if workers == 0 or sys.platform != "linux":
+        return None
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__])
+    return context
 
 
 def _collate_present(items: list) -> tuple[torch.Tensor, torch.Tensor]:

@@ -7,6 +7,7 @@ imported on first use: the in-memory path never needs it, and it costs ~2 s of s
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -43,13 +44,16 @@ def resize_crop(images: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def to_square(size: int) -> Callable[[Any], torch.Tensor]:
-    """PIL image (or uint8 C, H, W tensor) -> uint8 tensor (C, size, size) by `resize_crop`."""
+    """PIL image (or uint8 C, H, W tensor) -> uint8 tensor (C, size, size) by `resize_crop`.
 
-    def square(image: Any) -> torch.Tensor:
-        x = image if isinstance(image, torch.Tensor) else pil_to_tensor(image)
-        return resize_crop(x.unsqueeze(0), size)[0].to(torch.uint8)
+    A partial of a module function, not a closure: it pickles into DataLoader worker processes.
+    """
+    return functools.partial(_square, size=size)
 
-    return square
+
+def _square(image: Any, size: int) -> torch.Tensor:
+    x = image if isinstance(image, torch.Tensor) else pil_to_tensor(image)
+    return resize_crop(x.unsqueeze(0), size)[0].to(torch.uint8)
 
 
 def with_channels(image: torch.Tensor, channels: int) -> torch.Tensor:

@@ -130,11 +130,14 @@ def test_without_the_extra_one_error_line_names_it(tmp_path: Path, monkeypatch, 
     assert err == "error: Hugging Face datasets need(s) the hf extra: pip install 'imgcls[hf]'"
 
 
-@pytest.mark.parametrize("cache", ["ram", "off"])
-def test_training_on_a_saved_dataset_in_ram_and_streamed(tmp_path: Path, cache: str):
+@pytest.mark.parametrize("source, cache", [("parquet", "ram"), ("saved", "off")])
+def test_training_on_parquet_in_ram_and_on_a_saved_dataset_streamed(tmp_path: Path, source: str, cache: str):
     import imgcls
 
-    saved = saved_dataset(tmp_path / "saved", train=16, test=4)
+    if source == "parquet":
+        data = str(parquet_file(tmp_path / "train.parquet", per_class=20))  # val and test carved
+    else:
+        data = str(saved_dataset(tmp_path / "saved", train=16, test=4))
     over = {
         "train.amp": "off",
         "log.progress": False,
@@ -143,7 +146,7 @@ def test_training_on_a_saved_dataset_in_ram_and_streamed(tmp_path: Path, cache: 
         "model.width": 8,
     }
     over |= {"data.cache": cache, "data.workers": 0}
-    result = imgcls.train(data=str(saved), epochs=5, out=tmp_path / "run", overrides=over)
+    result = imgcls.train(data=data, epochs=5, out=tmp_path / "run", overrides=over)
     assert result.test["accuracy"] >= 0.9  # the classes differ by colour: easy, if the rows were read right
     report = (result.run_dir / "report.html").read_text()
     assert "<html" in report and HF_CLASSES[0] in report

@@ -89,3 +89,44 @@ def test_without_the_extra_one_error_line_names_it(tmp_path: Path, monkeypatch, 
         "error: log.mlflow=true (MLflow tracking) need(s) the mlflow extra: pip install 'imgcls[mlflow]'"
     )
     assert not (tmp_path / "r").exists()  # refused before the run folder is made
+
+
+def test_a_store_mlflow_cannot_use_is_one_error_line_before_any_run_folder(
+    tmp_path: Path, monkeypatch, capsys
+):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", str(tmp_path / "plain-mlruns"))  # MLflow 3 refuses file stores
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    argv = [
+        "train",
+        "--data",
+        "digits",
+        "--epochs",
+        "1",
+        "--out",
+        str(tmp_path / "r"),
+        "--set",
+        "log.mlflow=true",
+    ]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: cannot use the MLflow store {tmp_path / 'plain-mlruns'}: MlflowException")
+    assert "\n" not in err and not (tmp_path / "r").exists()
+
+
+def test_a_store_failing_mid_run_warns_once_and_the_run_finishes(tmp_path: Path, monkeypatch, caplog):
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'store.db'}")
+
+    def refuse(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(mlflow.MlflowClient, "log_artifact", refuse)
+    result = imgcls.train(data="digits", model="tutorial-cnn", epochs=1, out=tmp_path / "run", overrides=FAST)
+    assert result.test is not None and (result.run_dir / "eval.json").is_file()
+    warnings = [
+        r.getMessage() for r in caplog.records if "mlflow" in r.getMessage() and r.levelname == "WARNING"
+    ]
+    assert warnings == [
+        "mlflow: could not log test metrics and artifacts (OSError: disk full); training goes on without MLflow"
+    ]

@@ -51,13 +51,21 @@ def file_images(splits: dict[str, Any]) -> list[ImageFacts]:
     if len(jobs) >= PROCESS_THRESHOLD and cores > 1:
         chunks = [jobs[i : i + 512] for i in range(0, len(jobs), 512)]
         with ProcessPoolExecutor(max_workers=cores) as pool:
-            return [info for part in pool.map(_inspect_many, chunks) for info in part]
+            facts = [info for part in pool.map(_inspect_many, chunks) for info in part]
+        for info in facts:
+            info.sums = torch.from_numpy(info.sums) if info.sums is not None else None
+        return facts
     with ThreadPoolExecutor(max_workers=min(32, 2 * cores)) as pool:
         return list(pool.map(lambda job: _inspect(*job), jobs, chunksize=32))
 
 
 def _inspect_many(jobs: list[tuple[str, ImageSource]]) -> list[ImageFacts]:
-    return [_inspect(*job) for job in jobs]
+    facts = [_inspect(*job) for job in jobs]
+    for (
+        info
+    ) in facts:  # numpy across processes: torch passes each tensor as a file descriptor, which can run out
+        info.sums = info.sums.numpy() if info.sums is not None else None
+    return facts
 
 
 def byte_hash(path: ImageSource) -> str:
