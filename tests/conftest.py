@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,10 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     # Two workers on two cores: one thread each (and in the processes they start), or every OpenMP region
     # waits for a descheduled thread (PERF-NOTES: 4-8x slower).
     os.environ["OMP_NUM_THREADS"] = "1"
+
+# Hugging Face's caches (`datasets` turns Parquet into Arrow files there) in a folder of the test run's own,
+# set before `datasets` is imported, which reads it once: the user's ~/.cache/huggingface is never touched.
+os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="imgcls-tests-hf-")
 
 CLASSES = ("circle", "cross", "square")
 # What every finished run folder holds (README, "Run folder").
@@ -81,4 +86,8 @@ def csv_manifest(tmp_path: Path) -> Path:
 def _isolated_data_cache(tmp_path_factory, monkeypatch):
     """Built-in downloads never touch the user's cache; Fashion-MNIST still finds the system copy."""
     monkeypatch.setenv("IMGCLS_DATA", str(tmp_path_factory.getbasetemp() / "imgcls-data"))
-    logging.getLogger("imgcls").propagate = True  # let caplog see our warnings
+    log = logging.getLogger("imgcls")
+    log.propagate = True  # let caplog see our warnings
+    yield
+    # `cli.main` points the logger at this test's captured stderr, which closes with the test.
+    log.handlers.clear()
