@@ -79,9 +79,7 @@ def train(
     cfg = resolve_config(cfg, config, resume, overrides, shorthands)
     cfg, device, bundle, model = model_and_data(cfg)
     launch = launch_record(cfg)
-    store = (
-        tracking.open_store(Path(cfg.out) if resume else None) if cfg.log.mlflow and dist.is_main() else None
-    )
+    store = tracking.open_store(Path(cfg.out) if resume else None) if _tracks(cfg) else None
     # The folder is made once the data and model are known good: a failed start leaves none behind.
     run_dir = shared_run_dir(cfg, resume is not None, overwrite)
     cfg = cfg.replace({"out": str(run_dir)})
@@ -119,6 +117,11 @@ def train(
     elapsed = time.perf_counter() - start
     log.info("done in %.1fs: %s", elapsed, run_dir)
     return TrainResult(run_dir, test, state.history, elapsed)
+
+
+def _tracks(cfg: Config) -> bool:
+    """log.mlflow, on the process that logs (rank 0); its store is checked before a run folder is made."""
+    return cfg.log.mlflow and dist.is_main()
 
 
 def _test(cfg: Config, model: Classifier, bundle: DataBundle, loader_args: dict[str, Any]) -> dict[str, Any]:

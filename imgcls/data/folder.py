@@ -82,16 +82,7 @@ def from_csv(path: Path, cfg: DataConfig) -> DataBundle:
             raise DataError(f"{path}: {split} rows use labels the train rows lack: {', '.join(unknown[:10])}")
         labels = torch.tensor([index[row.label] for row in items], dtype=torch.long)
         splits[split] = Split(labels, paths=[row.path for row in items])
-    single = "val" not in splits and "test" not in splits
-    return DataBundle(
-        str(path),
-        classes,
-        splits["train"],
-        splits.get("val"),
-        splits.get("test"),
-        skipped=skipped,
-        single_tree=single,
-    )
+    return DataBundle.of_splits(str(path), classes, splits, skipped)
 
 
 def sorted_labels(labels: set[str]) -> list[str]:

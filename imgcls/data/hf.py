@@ -102,17 +102,8 @@ def _bundle(loaded: Any, name: str, cfg: DataConfig) -> DataBundle:
     classes, index = _classes(train, label_col)
     skipped: list[tuple[str, str]] = []
     built = {s: _split(ds, s, image_col, label_col, index, name, skipped) for s, ds in splits.items()}
-    only_train = set(built) == {"train"}
     log.info("%s: image column %r, label column %r, %d classes", name, image_col, label_col, len(classes))
-    return DataBundle(
-        name,
-        classes,
-        built["train"],
-        built.get("val"),
-        built.get("test"),
-        skipped=skipped,
-        single_tree=only_train,
-    )
+    return DataBundle.of_splits(name, classes, built, skipped)
 
 
 def _load(name: str) -> Any:

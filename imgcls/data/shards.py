@@ -81,15 +81,7 @@ def from_shards(name: str, cfg: Any) -> DataBundle:
     index = {c: i for i, c in enumerate(classes)}
     splits = {s: _split(items, index, names, skipped) for s, items in samples.items()}
     log.info("%s: %d shard(s), %d classes", name, sum(map(len, by_split.values())), len(classes))
-    return DataBundle(
-        name,
-        classes,
-        splits["train"],
-        splits.get("val"),
-        splits.get("test"),
-        skipped=skipped,
-        single_tree=set(splits) == {"train"},
-    )
+    return DataBundle.of_splits(name, classes, splits, skipped)
 
 
 def _shard_files(name: str) -> dict[str, list[Path]]:

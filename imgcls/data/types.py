@@ -66,6 +66,21 @@ class DataBundle:
     single_tree: bool = False  # one class-folder tree or CSV without splits: test is carved too
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (file or row, reason)
 
+    @classmethod
+    def of_splits(
+        cls, name: str, classes: list[str], splits: dict[str, Split], skipped: list[tuple[str, str]]
+    ) -> DataBundle:
+        """The splits a source has (train, maybe val and test); with train alone, val and test are carved."""
+        return cls(
+            name,
+            classes,
+            splits["train"],
+            splits.get("val"),
+            splits.get("test"),
+            skipped=skipped,
+            single_tree=set(splits) == {"train"},
+        )
+
     def split(self, name: str) -> Split:
         split = {"train": self.train, "val": self.val, "test": self.test}.get(name)
         if split is None:

@@ -20,6 +20,7 @@ import imgcls
 from imgcls.engine.state import read_state
 from tests.engine.test_crash import CrashAtStep, assert_same_weights
 from tests.sources import digits_parquet, saved_dataset, shard_set
+from tests.utils.test_dist import ARGS, _imgcls
 
 SMALL = {"train.amp": "off", "log.progress": False, "data.batch_size": 8, "optim.lr": 0.05, "model.width": 8}
 # Everything that draws random numbers: dropout, EMA, crops, mixup.
@@ -70,31 +71,13 @@ def _digits_source(kind: str, tmp_path: Path) -> list[str]:
     return ["--data", pattern, "--set", "data.cache=off", "data.workers=1"]
 
 
-def _cli(*args: str, nproc: int = 1, **kwargs) -> subprocess.Popen | subprocess.CompletedProcess:
-    launcher = (
-        ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] if nproc > 1 else []
-    )
-    command = [sys.executable, *launcher, "-m", "imgcls", "-q", *args]
+def _background(*args: str) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    if kwargs.pop("background", False):
-        return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    out = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return out
+    command = [sys.executable, "-m", "imgcls", "-q", *args]
+    return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-TRAIN = [
-    "train",
-    "--epochs",
-    "2",
-    "--batch-size",
-    "64",
-    "--lr",
-    "0.05",
-    "--set",
-    "train.amp=off",
-    "log.progress=false",
-]
+TRAIN = ["train", *ARGS[ARGS.index("--epochs") :]]  # test_dist's run (2 epochs, batch 64), on another source
 
 
 @pytest.mark.slow  # three CLI runs of digits: ~40 s each source
@@ -102,9 +85,9 @@ TRAIN = [
 def test_sigkill_mid_epoch_then_resume_ends_with_identical_weights(tmp_path: Path, kind: str):
     source = _digits_source(kind, tmp_path)
     extra = ["train.checkpoint_every=3", "train.deterministic=true", "train.threads=1", "data.augment=crop"]
-    run = lambda out, **kw: _cli(*TRAIN, "--out", str(out), *source, *extra, **kw)  # noqa: E731
-    run(tmp_path / "straight")
-    victim = run(tmp_path / "killed", background=True)
+    command = lambda out: [*TRAIN, "--out", str(out), *source, *extra]  # noqa: E731
+    _imgcls(*command(tmp_path / "straight"))
+    victim = _background(*command(tmp_path / "killed"))
     state_file = tmp_path / "killed" / "state.pt"
     deadline = time.monotonic() + 120
     while not state_file.exists() and time.monotonic() < deadline and victim.poll() is None:
@@ -113,7 +96,7 @@ def test_sigkill_mid_epoch_then_resume_ends_with_identical_weights(tmp_path: Pat
     victim.send_signal(signal.SIGKILL)
     assert victim.wait(timeout=30) == -signal.SIGKILL, "the run finished before it could be killed"
     assert read_state(state_file)["epoch"] < 2
-    _cli("train", "--resume", str(tmp_path / "killed"))
+    _imgcls("train", "--resume", str(tmp_path / "killed"))
     assert_same_weights(tmp_path / "straight", tmp_path / "killed")
 
 
@@ -123,8 +106,8 @@ def test_two_gloo_processes_match_one(tmp_path: Path, kind: str):
     source = _digits_source(kind, tmp_path)
     # No BatchNorm (per-rank batch statistics differ by design); the built-in's 8 px, as test_dist compares.
     model = ["data.image_size=8", "--model", "tutorial-cnn"]  # the first extends the source's --set
-    _cli(*TRAIN, "--out", str(tmp_path / "ddp"), *source, *model, nproc=2)
-    _cli(*TRAIN, "--out", str(tmp_path / "single"), *source, *model)
+    _imgcls(*TRAIN, "--out", str(tmp_path / "ddp"), *source, *model, nproc=2)
+    _imgcls(*TRAIN, "--out", str(tmp_path / "single"), *source, *model)
     a, b = (load_file(str(tmp_path / run / "model.safetensors")) for run in ("ddp", "single"))
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4
     ea, eb = (json.loads((tmp_path / run / "eval.json").read_text()) for run in ("ddp", "single"))

@@ -21,6 +21,10 @@ FAST = {
 }
 
 
+def train_with_mlflow(out: Path) -> list[str]:
+    return ["train", "--data", "digits", "--epochs", "1", "--out", str(out), "--set", "log.mlflow=true"]
+
+
 def _client(uri: str):
     import mlflow
 
@@ -73,18 +77,7 @@ def test_a_resumed_run_continues_the_same_mlflow_run(tmp_path: Path, monkeypatch
 
 def test_without_the_extra_one_error_line_names_it(tmp_path: Path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "mlflow", None)
-    argv = [
-        "train",
-        "--data",
-        "digits",
-        "--epochs",
-        "1",
-        "--out",
-        str(tmp_path / "r"),
-        "--set",
-        "log.mlflow=true",
-    ]
-    assert cli.main(argv) == 2
+    assert cli.main(train_with_mlflow(tmp_path / "r")) == 2
     assert capsys.readouterr().err.strip() == (
         "error: log.mlflow=true (MLflow tracking) need(s) the mlflow extra: pip install 'imgcls[mlflow]'"
     )
@@ -96,18 +89,7 @@ def test_a_store_mlflow_cannot_use_is_one_error_line_before_any_run_folder(
 ):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", str(tmp_path / "plain-mlruns"))  # MLflow 3 refuses file stores
     monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
-    argv = [
-        "train",
-        "--data",
-        "digits",
-        "--epochs",
-        "1",
-        "--out",
-        str(tmp_path / "r"),
-        "--set",
-        "log.mlflow=true",
-    ]
-    assert cli.main(argv) == 2
+    assert cli.main(train_with_mlflow(tmp_path / "r")) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: cannot use the MLflow store {tmp_path / 'plain-mlruns'}: MlflowException")
     assert "\n" not in err and not (tmp_path / "r").exists()
