@@ -18,6 +18,7 @@ from __future__ import annotations
 import io
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -26,9 +27,12 @@ from PIL import Image
 from bench.common import machine, save
 from imgcls.config import DataConfig
 from imgcls.data.datasets import data_root, open_dataset
+from imgcls.data.decode import open_image
 from imgcls.data.loader import build_loader
 from imgcls.data.memory import decode_files
 from imgcls.data.shards import pack
+from imgcls.data.transforms import to_square
+from imgcls.utils.env import available_cores
 
 
 def images_per_second(loader, epochs: int = 1) -> float:
@@ -125,7 +129,20 @@ def file_formats() -> dict[str, dict[str, float]]:
                 "decode to RAM (first run)": decoded,
                 "streaming epoch, augment=none (batch 128)": images_per_second(loader),
             }
+            if name == "folder":
+                results["folder (PNG files)"]["decode to RAM, one image at a time (before)"] = one_by_one(
+                    bundle.train.paths, 28
+                )
     return results
+
+
+def one_by_one(paths: list, size: int) -> float:
+    """The decode as it was: each image squared on its own (to_square) in the same threads, no batching."""
+    square = to_square(size)
+    start = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=min(16, available_cores())) as pool:
+        done = list(pool.map(lambda p: square(open_image(p, 1)), paths, chunksize=64))
+    return len(done) / (time.perf_counter() - start)
 
 
 if __name__ == "__main__":
