@@ -41,7 +41,11 @@ class Rows:
 
     def __init__(self, dataset: Any, column: str, name: str) -> None:
         datasets = require("datasets", "hf", "Hugging Face datasets")
-        self.rows = dataset.select_columns([column]).cast_column(column, datasets.Image(decode=False))
+        try:
+            self.rows = dataset.select_columns([column]).cast_column(column, datasets.Image(decode=False))
+        except (ValueError, TypeError, NotImplementedError) as e:  # pyarrow: a column of numbers, say
+            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            raise DataError(f"{name}: column {column!r} does not hold images ({first})") from None
         self.column, self.name = column, name
         self.fingerprint = self.rows._fingerprint  # changes with the data: the decode cache's key
 
@@ -169,6 +173,8 @@ def _label_column(ds: Any, wanted: str | None, image_col: str, name: str) -> str
             raise DataError(
                 f"{name}: no column {wanted!r} (data.label_column); columns: {', '.join(ds.features)}"
             )
+        if wanted == image_col or isinstance(ds.features[wanted], datasets.Image):
+            raise DataError(f"{name}: data.label_column {wanted!r} holds images, not labels")
         return wanted
     class_labels = [c for c, f in ds.features.items() if isinstance(f, datasets.ClassLabel)]
     named = [c for c in ds.features if c.lower() in (*LABEL_COLUMNS, "labels") and c != image_col]

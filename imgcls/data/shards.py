@@ -241,10 +241,10 @@ def pack(bundle: DataBundle, out: Path, shard_size: int = 10**9) -> dict[str, An
         raise DataError(f"{out} exists and is not an empty folder; choose a new --out")
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     counts: dict[str, int] = {}
     skipped: list[tuple[str, str]] = []
     try:
+        tmp.mkdir(parents=True)
         for split_name in ("train", "val", "test"):
             split = getattr(bundle, split_name)
             if split is None or not len(split):
@@ -261,6 +261,8 @@ def pack(bundle: DataBundle, out: Path, shard_size: int = 10**9) -> dict[str, An
         if out.exists():
             out.rmdir()
         os.replace(tmp, out)
+    except OSError as e:  # a folder that cannot be made, a full disk: nothing half-written is left
+        raise DataError(f"cannot write shards to {out}: {e.strerror or e}") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return {"counts": counts, "shards": sorted(p.name for p in out.glob("*.tar")), "skipped": skipped}

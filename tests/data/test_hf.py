@@ -103,6 +103,16 @@ def test_no_label_column_or_unknown_column_is_one_error_line(tmp_path: Path, cap
         == 2
     )
     assert "no column 'photo'" in capsys.readouterr().err
+    labelled = tmp_path / "labelled.parquet"
+    hf_dataset(2, 0).to_parquet(str(labelled))
+    capsys.readouterr()
+    for setting, says in (
+        ("data.image_column=label", "does not hold images"),
+        ("data.label_column=image", "holds images"),
+    ):
+        assert cli.main(["train", "--data", str(labelled), "--set", setting]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and says in err and "\n" not in err, setting
 
 
 def test_a_hub_dataset_offline_and_not_cached_is_one_error_line(tmp_path: Path, monkeypatch, capsys):

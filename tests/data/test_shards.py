@@ -89,6 +89,9 @@ def test_packing_twice_gives_the_same_bytes_and_never_overwrites(tmp_path: Path,
         capsys.readouterr().err.strip() == "error: shard size must look like 1GB, 500MB or 64MiB, not 'big'"
     )
     assert not (tmp_path / "c").exists() and not list(tmp_path.glob(".c.tmp*"))
+    (tmp_path / "file").write_text("not a folder")
+    assert cli.main(["data", "pack", str(image_tree), "--out", str(tmp_path / "file" / "shards")]) == 2
+    assert capsys.readouterr().err.startswith(f"error: cannot write shards to {tmp_path / 'file' / 'shards'}")
 
 
 def test_parse_size_reads_decimal_and_binary_units():
