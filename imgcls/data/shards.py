@@ -11,6 +11,7 @@ writes it); without it, `.cls` numbers or `.json` label names are the classes.
 from __future__ import annotations
 
 import glob
+import hashlib
 import io
 import json
 import logging
@@ -31,9 +32,11 @@ from imgcls.data.folder import sorted_labels
 from imgcls.data.manifest import SPLIT_NAMES
 from imgcls.data.types import DataBundle, DataError, Member, Split
 from imgcls.utils.extras import require
+from imgcls.utils.io import atomic_write
 
 log = logging.getLogger("imgcls")
 CLASSES_FILE = "classes.json"
+INDEX_VERSION = 1  # bump when what a shard's index holds changes
 IMAGE_EXTS = {e.lstrip(".") for e in IMAGE_EXTENSIONS}
 SIZE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
 
@@ -68,15 +71,22 @@ def is_shards(name: str) -> bool:
     return name.endswith(".tar") and ("{" in name or path.is_file())
 
 
-def from_shards(name: str, cfg: Any) -> DataBundle:
-    """A DataBundle from tar shards: the pattern's (or folder's) train, val and test shards."""
+def from_shards(name: str, cfg: Any, index_cache: Path | None = None) -> DataBundle:
+    """A DataBundle from tar shards: the pattern's (or folder's) train, val and test shards.
+
+    Each shard's index (its samples' keys, offsets, sizes and labels) is kept in `index_cache`, keyed by the
+    shard's path, inode, size and times: a second open of unchanged shards reads no tar header.
+    """
     by_split = _shard_files(name)
     if not by_split.get("train"):
         raise DataError(f"{name}: no training shards (expected train-*.tar, or a pattern naming them)")
     folder = by_split["train"][0].parent
     names = _class_file(folder)
     skipped: list[tuple[str, str]] = []
-    samples = {s: [x for shard in shards for x in _samples(shard, skipped)] for s, shards in by_split.items()}
+    samples = {
+        s: [x for shard in shards for x in _indexed(shard, skipped, index_cache)]
+        for s, shards in by_split.items()
+    }
     classes = names or _classes_from_labels(samples["train"])
     index = {c: i for i, c in enumerate(classes)}
     splits = {s: _split(items, index, names, skipped) for s, items in samples.items()}
@@ -137,14 +147,47 @@ class _Sample:
     label: Any = None  # int (.cls) or int/str (.json "label")
 
 
-def _samples(shard: Path, skipped: list[tuple[str, str]]) -> Iterator[_Sample]:
-    """The shard's samples in order: consecutive members sharing a key, as webdataset groups them."""
+def _indexed(shard: Path, skipped: list[tuple[str, str]], cache: Path | None) -> list[_Sample]:
+    """The shard's samples, from the index cache when the shard is unchanged, else read and remembered."""
     try:
         st = shard.stat()
+    except OSError as e:
+        raise DataError(f"{shard}: cannot read ({e.strerror or e})") from None
+    stamp = f"{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
+    key = hashlib.sha256(f"{INDEX_VERSION}\0{os.path.abspath(shard)}\0{stamp}".encode()).hexdigest()[:32]
+    path = cache / f"{key}.json" if cache else None
+    if path and path.is_file():
+        try:
+            index = json.loads(path.read_text(encoding="utf-8"))
+            skipped += [(where, why) for where, why in index["skipped"]]
+            return [
+                _Sample(k, TarMember(shard, name, offset, size, stamp) if name else None, label)
+                for k, name, offset, size, label in index["samples"]
+            ]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            log.warning("ignoring unreadable shard index %s (%s)", path, e)
+    own: list[tuple[str, str]] = []
+    samples = list(_samples(shard, stamp, own))
+    skipped += own
+    if path:
+        rows = [
+            [x.key, *((x.image.name, x.image.offset, x.image.size) if x.image else ("", 0, 0)), x.label]
+            for x in samples
+        ]
+        text = json.dumps({"samples": rows, "skipped": own})
+        try:
+            atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+        except OSError as e:
+            log.warning("could not write the shard index %s: %s", path, e)
+    return samples
+
+
+def _samples(shard: Path, stamp: str, skipped: list[tuple[str, str]]) -> Iterator[_Sample]:
+    """The shard's samples in order: consecutive members sharing a key, as webdataset groups them."""
+    try:
         tar = tarfile.open(shard, mode="r:")  # noqa: SIM115 (closed below); uncompressed: members have offsets
     except (OSError, tarfile.TarError) as e:
         raise DataError(f"{shard}: not a readable uncompressed tar shard ({e})") from None
-    stamp = f"{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
     current: _Sample | None = None
     with tar:
         for info in tar:

@@ -158,3 +158,22 @@ def test_without_the_extra_one_error_line_names_it(tmp_path: Path, image_tree: P
     )
     assert cli.main(["train", "--data", str(tmp_path / "train-{0..3}.tar")]) == 2
     assert "imgcls[wds]" in capsys.readouterr().err
+
+
+def test_a_second_open_reads_the_index_cache_and_a_changed_shard_is_indexed_again(
+    tmp_path: Path, split_tree: Path, monkeypatch
+):
+    out = shard_set(tmp_path, split_tree, shard_size="8KB")
+    first = open_dataset(DataConfig(name=str(out)))
+    opened = []
+    real_open = tarfile.open
+    monkeypatch.setattr(tarfile, "open", lambda *a, **k: opened.append(a[0]) or real_open(*a, **k))
+    again = open_dataset(DataConfig(name=str(out)))
+    assert opened == []  # no tar header read
+    for split in ("train", "val", "test"):
+        ours, theirs = getattr(again, split), getattr(first, split)
+        assert ours.labels.tolist() == theirs.labels.tolist() and ours.paths == theirs.paths
+    changed = sorted(out.glob("train-*.tar"))[0]
+    changed.write_bytes(changed.read_bytes())  # same bytes, new times: indexed afresh
+    open_dataset(DataConfig(name=str(out)))
+    assert opened == [changed]
