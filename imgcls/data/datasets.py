@@ -51,7 +51,7 @@ def _open_source(name: str, cfg: DataConfig) -> DataBundle:
     if hf.is_hf(name):
         return hf.from_hf(name, cfg)
     if shards.is_shards(name):
-        return shards.from_shards(name, cfg, None if cfg.cache == "off" else data_root() / "cache" / "shards")
+        return shards.from_shards(name, None if cfg.cache == "off" else data_root() / "cache" / "shards")
     if path.is_dir():
         return folder.from_folder(path, cfg)
     if path.is_file() and path.suffix.lower() == ".csv":

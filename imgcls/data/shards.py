@@ -64,14 +64,18 @@ class TarMember(Member):
 
 
 def is_shards(name: str) -> bool:
-    """A tar file or pattern (`train-{000..009}.tar`), or a folder of .tar shards (no class folders)."""
+    """A tar file or pattern (`train-{000..009}.tar`), or a folder of .tar shards (no class folders).
+
+    Compressed ones (.tar.gz, .tgz) are claimed too, to be refused with the reason (no offsets in them).
+    """
     path = Path(name).expanduser()
     if path.is_dir():
-        return any(path.glob("*.tar")) and not any(p.is_dir() for p in path.iterdir())
-    return name.endswith(".tar") and ("{" in name or path.is_file())
+        folders = [p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")]
+        return any(path.glob("*.tar")) and not folders
+    return name.endswith((".tar", ".tar.gz", ".tgz")) and ("{" in name or path.is_file())
 
 
-def from_shards(name: str, cfg: Any, index_cache: Path | None = None) -> DataBundle:
+def from_shards(name: str, index_cache: Path | None = None) -> DataBundle:
     """A DataBundle from tar shards: the pattern's (or folder's) train, val and test shards.
 
     Each shard's index (its samples' keys, offsets, sizes and labels) is kept in `index_cache`, keyed by the

@@ -146,6 +146,9 @@ def test_a_compressed_or_missing_shard_is_one_error_line(tmp_path: Path, capsys)
     assert cli.main(["train", "--data", str(tmp_path / "train-{0..3}.tar")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: 3 of 4 shard(s)") and "\n" not in err
+    (tmp_path / "train-0.tar.gz").write_bytes(gzip.compress(b"x" * 1000))
+    assert cli.main(["train", "--data", str(tmp_path / "train-0.tar.gz")]) == 2
+    assert "not a readable uncompressed tar shard" in capsys.readouterr().err
 
 
 def test_without_the_extra_one_error_line_names_it(tmp_path: Path, image_tree: Path, monkeypatch, capsys):
