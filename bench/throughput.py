@@ -1,15 +1,23 @@
 """Training throughput and model FLOPs utilization (MFU) against this machine's measured conv peak.
 
-    .venv/bin/python bench/throughput.py [--device cpu|cuda] [--seconds 6] [--nonfinite-only]
+    .venv/bin/python bench/throughput.py [--device cpu|cuda] [--seconds 6] [--nonfinite-only] [--kernels-only]
 
 The peak is measured in the same run: a large 3x3 convolution, forward + backward, in fp32 and in
 bf16 channels_last. FLOPs per image come from torch.utils.flop_counter (forward + backward).
+
+On a CPU it first checks which oneDNN kernels the training steps of every benchmarked model run (a child
+process with ONEDNN_VERBOSE=1) and fails loudly (exit 1) when any training primitive runs a reference
+(`ref`) kernel: a slow generic fallback that a library update can bring without any other sign.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
+import sys
 import time
+from collections import Counter
 
 import torch
 from torch import nn
@@ -100,6 +108,78 @@ def conv_peak(device: torch.device, dtype: torch.dtype | None, seconds: float) -
     return best
 
 
+MODELS = [
+    ("smallnet", {"width": 8}),
+    ("smallnet", {"width": 16}),
+    ("smallnet", {"width": 32}),
+    ("tutorial-cnn", {}),
+    ("resnet18", {}),
+    ("resnet18", {"small_stem": True}),
+]
+
+
+def run_training_steps(batch: int, size: int) -> None:
+    """Two training steps of every model, fp32 and bf16 (the child process that oneDNN reports on)."""
+    device = torch.device("cpu")
+    for name, arch in MODELS:
+        model = build_model(name, num_classes=10, in_chans=1, input_size=size, **arch)
+        model = model.to(memory_format=torch.channels_last)
+        x = torch.rand(batch, 1, size, size).contiguous(memory_format=torch.channels_last)
+        y = torch.randint(0, 10, (batch,))
+        for dtype in (None, torch.bfloat16) if bf16_supported(device) else (None,):
+            step = train_step_fn(model, x, y, dtype)
+            for _ in range(2):
+                step()
+
+
+def onednn_kernels(batch: int, size: int) -> Counter:
+    """(primitive, implementation, propagation) -> times executed, from ONEDNN_VERBOSE in a child process."""
+    env = {**os.environ, "ONEDNN_VERBOSE": "1"}
+    command = [
+        sys.executable,
+        "-m",
+        "bench.throughput",
+        "--probe-kernels",
+        "--batch",
+        str(batch),
+        "--size",
+        str(size),
+    ]
+    out = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, check=True).stdout
+    kernels: Counter = Counter()
+    for line in out.splitlines():
+        fields = line.split(",")
+        if fields[0] == "onednn_verbose" and "exec" in fields:
+            i = fields.index("exec")
+            kernels[tuple(fields[i + 2 : i + 5])] += 1  # after "exec, cpu": primitive, impl, propagation
+    return kernels
+
+
+def is_reference(impl: str) -> bool:
+    """oneDNN's generic reference implementations: `ref:any`, `gemm:ref`, `ref_convolution_int8`...
+
+    Example:
+        >>> is_reference("ref:any"), is_reference("gemm:ref"), is_reference("brg_conv_fwd:avx512_core")
+        (True, True, False)
+    """
+    return any(part.startswith("ref") for part in impl.replace("_", ":").split(":"))
+
+
+def check_kernels(args: argparse.Namespace) -> dict:
+    kernels = onednn_kernels(args.batch, args.size)
+    compute = {k: n for k, n in kernels.items() if k[0] != "reorder"}
+    print("oneDNN kernels of the training steps (primitive, implementation, propagation: times):")
+    for (primitive, impl, prop), n in sorted(compute.items()):
+        print(f"  {primitive:22s} {impl:32s} {prop:18s} {n}")
+    reference = sorted(k for k in compute if is_reference(k[1]))
+    if not compute:
+        raise SystemExit("error: oneDNN reported no training primitive (is ONEDNN_VERBOSE supported here?)")
+    if reference:
+        lines = "\n".join(f"  {p} {i} {q}" for p, i, q in reference)
+        raise SystemExit(f"error: oneDNN runs reference (ref) kernels for training primitives:\n{lines}")
+    return {f"{p} {i} {q}": n for (p, i, q), n in sorted(compute.items())}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -109,11 +189,20 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--size", type=int, default=28)
     parser.add_argument("--nonfinite-only", action="store_true", help="only the non-finite-check comparison")
+    parser.add_argument("--kernels-only", action="store_true", help="only the oneDNN reference-kernel check")
+    parser.add_argument("--probe-kernels", action="store_true", help=argparse.SUPPRESS)  # the check's child
     args = parser.parse_args()
     device = torch.device(args.device)
     bf16 = torch.bfloat16 if bf16_supported(device) else None
+    if args.probe_kernels:
+        run_training_steps(args.batch, args.size)
+        return
     if args.nonfinite_only:
         finite_check_rows(device, bf16, args)
+        return
+    kernels = check_kernels(args) if device.type == "cpu" else {}
+    if args.kernels_only:
+        print("no reference kernels")
         return
     peaks = {"fp32": conv_peak(device, None, args.seconds)}
     if bf16:
@@ -121,16 +210,8 @@ def main() -> None:
     print(f"machine: {machine()}")
     print("conv 3x3 peak (fwd+bwd): " + ", ".join(f"{k} {v / 1e9:.0f} GFLOP/s" for k, v in peaks.items()))
 
-    models = [
-        ("smallnet", {"width": 8}),
-        ("smallnet", {"width": 16}),
-        ("smallnet", {"width": 32}),
-        ("tutorial-cnn", {}),
-        ("resnet18", {}),
-        ("resnet18", {"small_stem": True}),
-    ]
     rows = []
-    for name, arch in models:
+    for name, arch in MODELS:
         model = build_model(name, num_classes=10, in_chans=1, input_size=args.size, **arch).to(device)
         model = model.to(memory_format=torch.channels_last)
         x = torch.rand(args.batch, 1, args.size, args.size, device=device).contiguous(
@@ -196,7 +277,7 @@ def main() -> None:
     )
     finite_check_rows(device, bf16, args)
     print(
-        f"saved {save(f'throughput-{device.type}', {'peak_flops': peaks, 'batch': args.batch, 'size': args.size, 'rows': rows})}"
+        f"saved {save(f'throughput-{device.type}', {'peak_flops': peaks, 'batch': args.batch, 'size': args.size, 'rows': rows, 'onednn_kernels': kernels})}"
     )
 
 
