@@ -16,6 +16,7 @@ Needs the hf and wds extras (the dev install has them).
 from __future__ import annotations
 
 import io
+import os
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -111,6 +112,8 @@ def write_formats(root: Path) -> dict[str, str]:
 def file_formats() -> dict[str, dict[str, float]]:
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
+        # datasets keeps an Arrow copy of the Parquet file in its cache: here, so it goes with the rest.
+        os.environ["HF_DATASETS_CACHE"] = str(Path(tmp) / "hf-cache")
         sources = write_formats(Path(tmp))
         for name, data in sources.items():
             start = time.perf_counter()

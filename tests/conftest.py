@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -19,6 +21,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 # Hugging Face's caches (`datasets` turns Parquet into Arrow files there) in a folder of the test run's own,
 # set before `datasets` is imported, which reads it once: the user's ~/.cache/huggingface is never touched.
 os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="imgcls-tests-hf-")
+atexit.register(shutil.rmtree, os.environ["HF_HOME"], ignore_errors=True)
 
 CLASSES = ("circle", "cross", "square")
 # What every finished run folder holds (README, "Run folder").
