@@ -50,10 +50,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not _is_rank_zero():
         return 0
     if result.test:
-        from imgcls.reporting import print_table
+        from imgcls.api.evaluation import headline_text, show_table
 
-        print_table(result.test, f"{result.run_dir.name}: test split")
-        print(f"test accuracy {result.test['accuracy']:.4f}  run folder: {result.run_dir}")
+        show_table(result.test, f"{result.run_dir.name}: test split")
+        score = (
+            f"accuracy {result.test['accuracy']:.4f}"
+            if "accuracy" in result.test
+            else headline_text(result.test)
+        )
+        print(f"test {score}  run folder: {result.run_dir}")
     else:
         print(f"run folder: {result.run_dir}")
     return 0
@@ -137,7 +142,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
             print(json.dumps(pred))
         elif not args.out:
             top = "  ".join(f"{t['label']} {t['probability']:.3f}" for t in pred["top_k"])
-            print(f"{pred['path']}: {top}")
+            labels = f"[{', '.join(pred['labels'])}]  " if "labels" in pred else ""  # multi-label: the set
+            print(f"{pred['path']}: {labels}{top}")
 
     summary = api.predict(
         args.run_dir,
@@ -154,10 +160,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.out:
         print(
             f"{summary['count']} predictions written to {args.out}"
-            + (
-                f"; accuracy {summary['accuracy']:.4f} on {summary['labelled']} labelled images"
-                if "accuracy" in summary
-                else ""
+            + "".join(
+                f"; {key.replace('_', ' ')} {summary[key]:.4f} on {summary['labelled']} labelled images"
+                for key in ("accuracy", "exact_match")
+                if key in summary
             )
         )
     return 0 if summary["count"] else 1
@@ -175,7 +181,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         check_images=args.check_images,
     )
     print(
-        f"{r.path}: top-1 agreement with PyTorch {r.agreement:.2%}, max probability difference "
+        f"{r.path}: {r.agreement_of} agreement with PyTorch {r.agreement:.2%}, max probability difference "
         f"{r.max_prob_diff:.1e} on {r.checked} images of many shapes ({r.check_source}; {r.seconds:.1f}s)"
     )
     if r.int8:
@@ -311,7 +317,7 @@ COMMANDS = {
     "export": (cmd_export, ("run_dir",), "export a run's model (ONNX or TorchScript) with its preprocessing, and check it against PyTorch",
                "Write an artifact that takes raw uint8 images and returns probabilities (resize, scaling, normalization, "
                "TTA and temperature inside), with class names and the input spec in its metadata; then check it against "
-               "`imgcls predict` on raw images of many shapes (top-1 agreement >= 99.9%, probabilities within 1e-3)."),
+               "`imgcls predict` on raw images of many shapes (top-1 or, multi-label, label-set agreement >= 99.9%, probabilities within 1e-3)."),
     "serve": (cmd_serve, ("run_dir", "--device"), "serve a run's model over HTTP, with a page to try it",
               "POST /predict (multipart images) -> top-k JSON; GET /health, /info; GET / is a page; "
               "OpenAPI docs at /docs. Binds to loopback unless --host says otherwise."),

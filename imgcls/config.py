@@ -46,6 +46,10 @@ class DataConfig:
     check: bool = True  # before training on files: stop when identical images sit in two splits (leakage)
     image_column: str | None = None  # Hugging Face datasets: the image column; None: the first Image feature
     label_column: str | None = None  # ... the label column; None: the first ClassLabel, else label/class/...
+    # multilabel: each image has a set of labels (a CSV manifest); auto: multilabel when a manifest's label
+    # cell holds label_sep or an image has rows with different labels (said in the log)
+    task: Literal["auto", "multiclass", "multilabel"] = "auto"
+    label_sep: str = ";"  # separates the labels of one image in a manifest's label cell
 
     def validate(self) -> None:
         _check(0 <= self.val_split < 1, "data.val_split", "must be in [0, 1)")
@@ -55,6 +59,7 @@ class DataConfig:
         _check(self.channels in (None, 1, 3), "data.channels", "must be 1 or 3")
         _check(self.batch_size >= 1 and self.eval_batch_size >= 1, "data.batch_size", "must be >= 1")
         _check(self.workers is None or self.workers >= 0, "data.workers", "must be >= 0")
+        _check(bool(self.label_sep.strip()), "data.label_sep", "must be a character such as ; or |")
         _check(
             self.cutout >= 0 and self.mixup >= 0 and self.cutmix >= 0,
             "data.cutout/mixup/cutmix",
@@ -143,6 +148,8 @@ class TrainConfig:
     sync_bn: bool = (
         False  # distributed runs: BatchNorm statistics over the global batch (SyncBatchNorm, GPUs)
     )
+    # multi-label: each label's threshold reaches this precision on the validation split; None: best F1
+    threshold_precision: float | None = None
 
     def validate(self) -> None:
         _check(self.epochs is None or self.epochs >= 1, "train.epochs", "must be >= 1")
@@ -155,6 +162,11 @@ class TrainConfig:
         _check(0 <= self.ema_decay < 1, "train.ema_decay", "must be in [0, 1)")
         _check(self.threads is None or self.threads >= 1, "train.threads", "must be >= 1")
         _check(self.checkpoint_every >= 0, "train.checkpoint_every", "must be >= 0")
+        _check(
+            self.threshold_precision is None or 0 < self.threshold_precision <= 1,
+            "train.threshold_precision",
+            "must be in (0, 1]",
+        )
         dev = self.device.split(":")[0]
         _check(dev in ("auto", "cpu", "cuda", "mps"), "train.device", "must be auto, cpu, cuda[:N] or mps")
 

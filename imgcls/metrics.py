@@ -157,3 +157,147 @@ def evaluation_report(logits: torch.Tensor, labels: torch.Tensor, classes: list[
 
 def _f(x: Any) -> float:
     return round(float(x), 6)
+
+
+# Multi-label: probabilities (N, L) from a sigmoid per label, targets (N, L) of 0/1.
+
+
+def mean_average_precision(probs: torch.Tensor, targets: torch.Tensor) -> float:
+    """Macro mAP: the mean over labels with at least one positive of each label's average precision."""
+    from sklearn.metrics import average_precision_score
+
+    y_true, scores = _binary(targets), probs.float().cpu().numpy()
+    present = y_true.any(0)
+    if not present.any():
+        return float("nan")
+    return _f(average_precision_score(y_true[:, present], scores[:, present], average="macro"))
+
+
+def tune_thresholds(
+    probs: torch.Tensor, targets: torch.Tensor, precision: float | None = None
+) -> list[float]:
+    """A threshold per label from (validation) probabilities: the one with the best F1, or with `precision`,
+    the lowest one whose precision reaches it (the most recall at that precision; the highest-precision
+    threshold where none does). A label with no positive here keeps 0.5.
+
+    Example:
+        >>> tune_thresholds(torch.tensor([[0.9], [0.6], [0.2]]), torch.tensor([[1.0], [1.0], [0.0]]))
+        [0.4000000059604645]
+    """
+    from sklearn.metrics import precision_recall_curve
+
+    y_true, scores = _binary(targets), probs.float().cpu().numpy()
+    thresholds = []
+    for j in range(y_true.shape[1]):
+        if not y_true[:, j].any():
+            thresholds.append(0.5)
+            continue
+        p, r, t = precision_recall_curve(y_true[:, j], scores[:, j])
+        p, r = p[:-1], r[:-1]  # the last point (recall 0) has no threshold
+        if precision is None:
+            best = int(np.argmax(2 * p * r / np.maximum(p + r, 1e-12)))
+        else:
+            reached = np.flatnonzero(p >= precision)
+            best = int(reached[0]) if len(reached) else int(np.argmax(p))
+        # Halfway down to the next lower score: no image sits on the boundary, where float noise (another
+        # runtime, another batch size) could flip its decision.
+        below = scores[:, j][scores[:, j] < t[best]]
+        thresholds.append(float((t[best] + (below.max() if len(below) else 0.0)) / 2))
+    return thresholds
+
+
+def multilabel_report(
+    probs: torch.Tensor, targets: torch.Tensor, classes: list[str], thresholds: list[float]
+) -> dict[str, Any]:
+    """mAP (macro, micro), exact match, Hamming loss, micro/macro P/R/F1, per-label P/R/F1/AP/support at
+    the given thresholds, precision-recall curves, label co-occurrence and the most frequent mistakes.
+
+    Example:
+        >>> r = multilabel_report(torch.tensor([[0.9, 0.2]]), torch.tensor([[1.0, 0.0]]), ["a", "b"], [0.5, 0.5])
+        >>> r["exact_match"], r["per_label"]["a"]["f1"]
+        (1.0, 1.0)
+    """
+    from sklearn.metrics import average_precision_score, hamming_loss, precision_recall_fscore_support
+
+    y_true, scores = _binary(targets), probs.float().cpu().numpy()
+    y_pred = scores >= np.asarray(thresholds)[None, :]
+    present = y_true.any(0)
+    p, r, f, support = precision_recall_fscore_support(y_true, y_pred, average=None, zero_division=0)
+    ap = [
+        _f(average_precision_score(y_true[:, j], scores[:, j])) if present[j] else None
+        for j in range(len(classes))
+    ]
+    report: dict[str, Any] = {"task": "multilabel", "num_samples": int(len(y_true))}
+    report["map_macro"] = mean_average_precision(probs, targets)
+    report["map_micro"] = (
+        _f(average_precision_score(y_true, scores, average="micro")) if present.any() else None
+    )
+    report["exact_match"] = _f((y_pred == y_true).all(1).mean())
+    report["hamming_loss"] = _f(hamming_loss(y_true, y_pred))
+    for avg in ("micro", "macro"):
+        mp, mr, mf, _ = precision_recall_fscore_support(y_true, y_pred, average=avg, zero_division=0)
+        report |= {f"precision_{avg}": _f(mp), f"recall_{avg}": _f(mr), f"f1_{avg}": _f(mf)}
+    report["per_label"] = {
+        name: {
+            "precision": _f(p[j]),
+            "recall": _f(r[j]),
+            "f1": _f(f[j]),
+            "ap": ap[j],
+            "support": int(support[j]),
+            "threshold": float(thresholds[j]),
+        }
+        for j, name in enumerate(classes)
+    }
+    report["no_label"] = int((~y_true.any(1)).sum())
+    report["pr_curves"] = _pr_curves(y_true, scores, classes)
+    report["cooccurrence"] = (y_true.T.astype(np.int64) @ y_true.astype(np.int64)).tolist()
+    report["samples"], report["frequent_mistakes"] = _label_mistakes(y_true, y_pred, scores, classes)
+    return report
+
+
+def _binary(targets: torch.Tensor) -> np.ndarray:
+    return targets.float().cpu().numpy() > 0.5
+
+
+def _pr_curves(y_true: np.ndarray, scores: np.ndarray, classes: list[str], points: int = 50) -> dict:
+    """Each label's precision-recall curve, thinned to about `points` points (for the report's plot)."""
+    from sklearn.metrics import precision_recall_curve
+
+    curves = {}
+    for j, name in enumerate(classes):
+        if y_true[:, j].any():
+            p, r, _ = precision_recall_curve(y_true[:, j], scores[:, j])
+            keep = np.unique(np.linspace(0, len(p) - 1, min(points, len(p))).round().astype(int))
+            curves[name] = {"precision": [_f(x) for x in p[keep]], "recall": [_f(x) for x in r[keep]]}
+    return curves
+
+
+def _label_mistakes(
+    y_true: np.ndarray, y_pred: np.ndarray, scores: np.ndarray, classes: list[str], k: int = 12
+) -> tuple[dict[str, list[dict[str, Any]]], dict[str, list[dict[str, Any]]]]:
+    """The k most confident false positives and the k least confident false negatives, over all labels,
+    each an (image, label) pair; and the labels with the most of each kind, with their counts."""
+    rows, frequent = {}, {}
+    for kind, wrong, order in (
+        ("false_positives", y_pred & ~y_true, -scores),
+        ("false_negatives", ~y_pred & y_true, scores),
+    ):
+        i, j = np.nonzero(wrong)
+        chosen = np.argsort(order[i, j], kind="stable")[:k]
+        rows[kind] = [
+            {
+                "index": int(i[c]),
+                "label": classes[j[c]],
+                "probability": _f(scores[i[c], j[c]]),
+                "true": [classes[t] for t in np.flatnonzero(y_true[i[c]])],
+                "predicted": [classes[t] for t in np.flatnonzero(y_pred[i[c]])],
+            }
+            for c in chosen
+        ]
+        counts = wrong.sum(0)
+        frequent[kind] = [
+            {"label": classes[j], "count": int(counts[j])}
+            for j in np.argsort(-counts, kind="stable")
+            if counts[j]
+        ][:10]
+    return rows, frequent

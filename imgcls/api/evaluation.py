@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from imgcls.api.runs import run_config
-from imgcls.config import Config, DataConfig
+from imgcls.config import Config, ConfigError, DataConfig
 from imgcls.data.datasets import open_dataset
 from imgcls.data.decode import ImageDecodeError, open_image
 from imgcls.data.loader import build_loader, prepare
@@ -24,10 +24,17 @@ from imgcls.engine.calibrate import fit_temperature
 from imgcls.engine.evaluate import predict_split
 from imgcls.inference import explain
 from imgcls.inference.predict import Predictor
-from imgcls.metrics import calibration, evaluation_report
+from imgcls.metrics import calibration, evaluation_report, mean_average_precision, multilabel_report
 from imgcls.models import Classifier
 from imgcls.models.checkpoint import update_meta
-from imgcls.reporting import markdown_summary, plot_confusion, print_table, render_html, thumbnail_uri
+from imgcls.reporting import (
+    markdown_summary,
+    multilabel,
+    plot_confusion,
+    print_table,
+    render_html,
+    thumbnail_uri,
+)
 from imgcls.utils import dist, run_files
 from imgcls.utils.env import autocast_dtype, select_device, versions
 from imgcls.utils.io import write_json, write_text
@@ -76,6 +83,11 @@ def evaluate(
         return _logits(predictor, bundle.split(name), data_cfg, cfg)
 
     extra: dict[str, Any] = {}
+    if calibrate and meta.multilabel:
+        raise ConfigError(
+            "--calibrate fits a softmax temperature; a multi-label model's labels are decided by thresholds "
+            "tuned on the validation split when it trained (train.threshold_precision sets their goal)"
+        )
     if tta is not None:  # both ways, so the report shows what the augmentation is worth
         extra["tta"] = _tta_accuracies(predictor, lambda: logits_of(split))
         meta.tta = tta
@@ -96,7 +108,7 @@ def evaluate(
         extra=extra,
     )
     if show and dist.is_main():
-        print_table(result, f"{run_dir.name}: {split} split of {data_cfg.name}")
+        show_table(result, f"{run_dir.name}: {split} split of {data_cfg.name}")
     return result
 
 
@@ -118,11 +130,16 @@ def _logits(
 
 
 def _tta_accuracies(predictor: Predictor, logits_labels) -> dict[str, float]:
+    """Accuracy (multi-label: macro mAP) without and with flip TTA."""
     accuracies = {}
     for mode in ("off", "flip"):
         predictor.meta.tta = mode
         logits, labels = logits_labels()
-        accuracies[mode] = round(float((logits.argmax(1) == labels).float().mean()), 6)
+        accuracies[mode] = (
+            mean_average_precision(logits.sigmoid(), labels)
+            if predictor.meta.multilabel
+            else round(float((logits.argmax(1) == labels).float().mean()), 6)
+        )
     return accuracies
 
 
@@ -170,23 +187,32 @@ def evaluate_and_write(
     if not len(labels):
         raise DataError(f"the {split} split has no usable images")
     result = {"split": split, "data": cfg.data.name, "model": model.meta.name}
-    result |= evaluation_report(logits, labels, classes) | (extra or {})
+    meta = model.meta
+    if meta.multilabel:
+        thresholds = meta.thresholds or [0.5] * meta.num_classes
+        result |= multilabel_report(meta.probabilities(logits), labels, classes, thresholds)
+    else:
+        result |= evaluation_report(logits, labels, classes)
+    result |= extra or {}
     if not dist.is_main():
         return result
     result["meta"] = _provenance(model, cfg, run_dir)
     if data is not None:
         _add_gallery_images(result, data, split, model)
     _write_reports(result, classes, run_dir, split, f"{model.meta.name} on {cfg.data.name} ({split} split)")
-    top5 = f", top-5 {result['top5_accuracy']:.4f}" if "top5_accuracy" in result else ""
-    log.info(
-        "%s accuracy %.4f (%d images)%s; report: %s",
-        split,
-        result["accuracy"],
-        result["num_samples"],
-        top5,
-        run_dir / run_files.report_html(split),
-    )
+    log.info("%s %s; report: %s", split, headline_text(result), run_dir / run_files.report_html(split))
     return result
+
+
+def headline_text(result: dict[str, Any]) -> str:
+    """The evaluation in a few words: accuracy (top-5), or for multi-label mAP and exact match."""
+    if result.get("task") == "multilabel":
+        return (
+            f"mAP {result['map_macro']:.4f} (macro), exact match {result['exact_match']:.4f} "
+            f"({result['num_samples']} images)"
+        )
+    top5 = f", top-5 {result['top5_accuracy']:.4f}" if "top5_accuracy" in result else ""
+    return f"accuracy {result['accuracy']:.4f} ({result['num_samples']} images){top5}"
 
 
 def _add_gallery_images(result: dict[str, Any], data: Split, split: str, model: Classifier) -> None:
@@ -208,8 +234,14 @@ def _add_maps(rows: list[dict[str, Any]], data: Split, model: Classifier) -> str
     size, channels = model.meta.input_size, model.meta.in_chans
     views = torch.stack([_model_view(data, row["index"], size, channels) for row in rows])
     explainer = explain.Explainer(model)
-    for key, target in (("cam_predicted", "predicted"), ("cam_true", "true")):
-        maps = explainer.maps(views, [row[target] for row in rows])
+    targets = {"cam_predicted": "predicted", "cam_true": "true"}
+    if model.meta.multilabel:  # each row is an (image, label) pair: the map of that label
+        targets = {"cam_predicted": "label"}
+    for key, target in targets.items():
+        indices = [
+            model.meta.classes.index(row[target]) if model.meta.multilabel else row[target] for row in rows
+        ]
+        maps = explainer.maps(views, indices)
         for row, view, cam in zip(rows, views, maps):
             row[key] = thumbnail_uri(explain.overlay(view.permute(1, 2, 0).numpy(), cam, side=96), fmt="JPEG")
     return explainer.method
@@ -228,6 +260,11 @@ def _model_view(data: Split, index: int, size: int, channels: int) -> torch.Tens
 
 def _write_reports(result: dict[str, Any], classes: list[str], run_dir: Path, split: str, title: str) -> None:
     write_json(run_dir / run_files.eval_json(split), result)
+    if result.get("task") == "multilabel":
+        multilabel.plot_pr_curves(result, run_dir / run_files.pr_curves_png(split))
+        write_text(run_dir / run_files.report_md(split), multilabel.markdown_summary(result, title, split))
+        write_text(run_dir / run_files.report_html(split), render_report(result, _history(run_dir)))
+        return
     plot_confusion(
         result["confusion_matrix"],
         classes,
@@ -235,7 +272,18 @@ def _write_reports(result: dict[str, Any], classes: list[str], run_dir: Path, sp
         f"{split} split: confusion (row-normalized)",
     )
     write_text(run_dir / run_files.report_md(split), markdown_summary(result, title, split))
-    write_text(run_dir / run_files.report_html(split), render_html(result, _history(run_dir)))
+    write_text(run_dir / run_files.report_html(split), render_report(result, _history(run_dir)))
+
+
+def render_report(result: dict[str, Any], history: list[dict[str, float]]) -> str:
+    """The report page for a single-label or a multi-label evaluation."""
+    page = multilabel.render_html if result.get("task") == "multilabel" else render_html
+    return page(result, history)
+
+
+def show_table(result: dict[str, Any], title: str) -> None:
+    """The evaluation as a terminal table (on stderr)."""
+    (multilabel.print_table if result.get("task") == "multilabel" else print_table)(result, title)
 
 
 def report(run_dir: str | Path, split: str = "test") -> Path:
@@ -253,7 +301,7 @@ def report(run_dir: str | Path, split: str = "test") -> Path:
     except json.JSONDecodeError as e:
         raise DataError(f"{path} is corrupt: {e}") from None
     out = run_dir / run_files.report_html(split)
-    write_text(out, render_html(result, _history(run_dir)))
+    write_text(out, render_report(result, _history(run_dir)))
     return out
 
 

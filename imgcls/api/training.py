@@ -22,11 +22,13 @@ from imgcls.data.loader import build_loader, channel_stats, class_weights, prepa
 from imgcls.data.types import DataBundle, DataError
 from imgcls.engine import tracking
 from imgcls.engine.callbacks import CSVLogger, EarlyStopping, ProgressLogger, TensorBoardLogger, Unfreeze
+from imgcls.engine.evaluate import predict_split
 from imgcls.engine.lr_find import lr_range_test
 from imgcls.engine.state import TrainState
 from imgcls.engine.train import Plan, fit, head_phase, new_state
+from imgcls.metrics import tune_thresholds
 from imgcls.models import Classifier, build_model
-from imgcls.models.checkpoint import load_weights
+from imgcls.models.checkpoint import load_weights, update_meta
 from imgcls.models.transfer import NUM_GROUPS
 from imgcls.reporting import data_report_text, plot_curves, plot_lr_find
 from imgcls.utils import dist, run_files
@@ -90,8 +92,11 @@ def train(
     train_loader = build_loader(
         bundle.train, cfg.data, train=True, num_classes=len(bundle.classes), **loader_args
     )
-    # A time-budgeted run validates once at its end; with a test split that pass selects nothing: skip it.
-    validate = bundle.val is not None and not (cfg.train.time and bundle.test is not None)
+    # A time-budgeted run validates once at its end; with a test split that pass selects nothing: skip it
+    # (multi-label runs keep it: it tunes the thresholds).
+    validate = bundle.val is not None and (
+        bundle.multilabel or not (cfg.train.time and bundle.test is not None)
+    )
     val_loader = build_loader(bundle.val, cfg.data, train=False, **loader_args) if validate else None
     if cfg.optim.lr == "auto":  # the one setting decided by training itself: saved again once known
         cfg = cfg.replace({"optim.lr": _find_lr(cfg, model, train_loader, run_dir)})
@@ -107,6 +112,8 @@ def train(
     callbacks = [*recipe_callbacks(cfg), *([tracker] if tracker else []), *callbacks]
     try:
         state = _fit_logged(cfg, state, plan, train_loader, val_loader, callbacks, weights)
+        if bundle.multilabel:
+            _tune_thresholds(cfg, model, val_loader)
         test = _test(cfg, model, bundle, loader_args) if bundle.test is not None else None
     except BaseException as e:
         if tracker:
@@ -124,12 +131,37 @@ def _tracks(cfg: Config) -> bool:
     return cfg.log.mlflow and dist.is_main()
 
 
-def _test(cfg: Config, model: Classifier, bundle: DataBundle, loader_args: dict[str, Any]) -> dict[str, Any]:
-    """The best checkpoint on the test split, as `imgcls eval` would evaluate it; writes eval.json and report."""
-    run_dir = Path(cfg.out)
+def _load_best(model: Classifier, run_dir: Path) -> None:
     if dist.is_main():
         load_weights(model, run_dir / run_files.WEIGHTS)
     dist.broadcast_module(model)  # other ranks (maybe on other machines) get rank 0's weights
+
+
+def _tune_thresholds(cfg: Config, model: Classifier, val_loader) -> None:
+    """Multi-label: each label's threshold from the best checkpoint's validation probabilities (best F1, or
+    train.threshold_precision), kept in model.json for eval, predict, serve and export."""
+    _load_best(model, Path(cfg.out))
+    if val_loader is None:
+        log.warning("no validation split to tune the labels' thresholds on: each label's threshold is 0.5")
+        thresholds = [0.5] * model.meta.num_classes
+    else:
+        amp_dtype = autocast_dtype(next(model.parameters()).device, cfg.train.amp)
+        logits, labels = predict_split(
+            model, val_loader, amp_dtype=amp_dtype, channels_last=cfg.train.channels_last
+        )
+        thresholds = tune_thresholds(logits.sigmoid(), labels, cfg.train.threshold_precision)
+        goal = f"precision {cfg.train.threshold_precision}" if cfg.train.threshold_precision else "best F1"
+        shown = ", ".join(f"{c} {t:.3f}" for c, t in zip(model.meta.classes[:12], thresholds))
+        log.info("label thresholds (%s on %d validation images): %s", goal, len(labels), shown)
+    model.meta.thresholds = thresholds
+    if dist.is_main():
+        update_meta(cfg.out, {"thresholds": thresholds})
+
+
+def _test(cfg: Config, model: Classifier, bundle: DataBundle, loader_args: dict[str, Any]) -> dict[str, Any]:
+    """The best checkpoint on the test split, as `imgcls eval` would evaluate it; writes eval.json and report."""
+    run_dir = Path(cfg.out)
+    _load_best(model, run_dir)
     test_loader = build_loader(bundle.test, cfg.data, train=False, **loader_args)
     return evaluate_and_write(model, test_loader, bundle.classes, run_dir, "test", cfg, data=bundle.test)
 
@@ -171,7 +203,7 @@ def model_and_data(cfg: Config) -> tuple[Config, torch.device, DataBundle, Class
         size, channels = cfg.data.image_size, cfg.data.channels
         prepared = prepare(bundle, cfg.data, size, channels)
         stats = channel_stats(bundle.train, prepared.train, size, channels)
-    model = new_model(cfg, prepared.classes, stats).to(device)
+    model = new_model(cfg, prepared.classes, stats, prepared.task).to(device)
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     torch.manual_seed(cfg.train.seed + dist.rank())  # same initial weights everywhere; own dropout per rank
@@ -199,7 +231,7 @@ def open_checked(cfg: Config) -> DataBundle:
     return bundle
 
 
-def new_model(cfg: Config, classes: list[str], stats: tuple) -> Classifier:
+def new_model(cfg: Config, classes: list[str], stats: tuple, task: str = "multiclass") -> Classifier:
     """The planned architecture for these classes, with the run's TTA and normalization in its meta."""
     arch: dict[str, Any] = {"width": cfg.model.width} if cfg.model.width is not None else {}
     if cfg.model.small_stem:
@@ -216,6 +248,7 @@ def new_model(cfg: Config, classes: list[str], stats: tuple) -> Classifier:
     )
     model.meta.classes = list(classes)
     model.meta.tta = cfg.train.tta
+    model.meta.task, model.meta.label_sep = task, cfg.data.label_sep
     # Pretrained features expect the normalization they were learnt with; from scratch, the data's own.
     if not (cfg.model.pretrained or cfg.model.weights):
         model.set_normalization(*stats)
@@ -305,7 +338,8 @@ def _class_weights(cfg: Config, bundle: DataBundle, device: torch.device) -> tor
     if cfg.train.class_weights != "auto":
         return None
     weights = class_weights(bundle.train.labels, len(bundle.classes)).to(device)
-    log.info("class weights: %s", ", ".join(f"{c} {w:.2f}" for c, w in zip(bundle.classes, weights.tolist())))
+    kind = "positive weights" if bundle.multilabel else "class weights"
+    log.info("%s: %s", kind, ", ".join(f"{c} {w:.2f}" for c, w in zip(bundle.classes, weights.tolist())))
     return weights
 
 

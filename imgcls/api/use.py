@@ -62,9 +62,12 @@ def predict(
         >>> imgcls.predict("runs/my-run", ["photos/"], out="predictions.csv")["count"]   # doctest: +SKIP
     """
     predictor = _predictor(run_dir, device, backend)
-    files, labels, skipped = inputs_with_labels(inputs, predictor.classes)
+    meta = predictor.meta
+    files, labels, skipped = inputs_with_labels(
+        inputs, meta.classes, meta.label_sep if meta.multilabel else None
+    )
     overlays = OverlayWriter(predictor, explain, explain_method) if explain else None  # fails early
-    writer = PredictionWriter(out) if out else None
+    writer = PredictionWriter(out, meta.multilabel, meta.label_sep) if out else None
     count = correct = labelled = 0
     try:
         with progress_bar(len(files), "predicting") as advance:
@@ -81,7 +84,7 @@ def predict(
                     count += 1
                     if truth is not None:
                         labelled += 1
-                        correct += pred["label"] == truth
+                        correct += _is_right(pred, truth, meta)
                 advance(len(preds) + len(bad))
     finally:
         if writer:
@@ -90,9 +93,17 @@ def predict(
         log.warning("skipped %d path(s):\n%s", len(skipped), "\n".join(f"  {p}: {why}" for p, why in skipped))
     summary = {"count": count, "skipped": skipped, "labelled": labelled}
     if labelled:
-        summary["accuracy"] = round(correct / labelled, 6)
-        log.info("accuracy %.4f on %d labelled images", summary["accuracy"], labelled)
+        name = "exact_match" if meta.multilabel else "accuracy"
+        summary[name] = round(correct / labelled, 6)
+        log.info("%s %.4f on %d labelled images", name.replace("_", " "), summary[name], labelled)
     return summary
+
+
+def _is_right(pred: dict[str, Any], truth: str, meta: ModelMeta) -> bool:
+    """The predicted class is the true one; multi-label: the predicted set is the true set (exact match)."""
+    if meta.multilabel:
+        return set(pred["labels"]) == {t.strip() for t in truth.split(meta.label_sep)} - {""}
+    return pred["label"] == truth
 
 
 class OverlayWriter:
@@ -114,7 +125,7 @@ class OverlayWriter:
         if not preds:
             return
         views = torch.stack([self.predictor.preprocess(pred["path"]) for pred in preds])
-        targets = [self.predictor.classes.index(pred["label"]) for pred in preds]
+        targets = [self.predictor.classes.index(pred["top_k"][0]["label"]) for pred in preds]
         for pred, view, cam in zip(preds, views, self.explainer.maps(views, targets)):
             path = self._name(Path(pred["path"]).stem)
             Image.fromarray(overlay(view.permute(1, 2, 0).numpy(), cam, side=224)).save(path)
@@ -169,6 +180,8 @@ def export(
         raise config_lib.ConfigError("--int8 needs --format onnx (onnxruntime static quantization)")
     predictor = Predictor.from_run(run_dir, device="cpu")
     meta = predictor.meta
+    if int8 and meta.multilabel:
+        raise config_lib.ConfigError("--int8 measures top-1 accuracy: it is for single-label models only")
     bundle = _run_data(run_dir, meta.classes)
     images, source = _check_images(check_images, check_limit, bundle, meta)
     out = Path(out) if out else run_dir / run_files.EXPORTS[fmt]
@@ -177,8 +190,9 @@ def export(
     if int8:
         result.int8 = _quantize(out, bundle, meta, layout, check_limit)
     log.info(
-        "exported %s: top-1 agreement with PyTorch %.4f%%, max probability difference %.2e on %d images (%s)",
+        "exported %s: %s agreement with PyTorch %.4f%%, max probability difference %.2e on %d images (%s)",
         out,
+        result.agreement_of,
         100 * result.agreement,
         result.max_prob_diff,
         result.checked,

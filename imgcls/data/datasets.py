@@ -39,6 +39,11 @@ def open_dataset(cfg: DataConfig) -> DataBundle:
     """
     name = cfg.name
     bundle = DATASETS.build(name) if name in DATASETS else _open_source(name, cfg)
+    if cfg.task == "multilabel" and not bundle.multilabel:
+        raise DataError(
+            f"data.task=multilabel needs a CSV manifest whose label cells list each image's labels "
+            f"(e.g. dog{cfg.label_sep}cat) or that has one row per (image, label); {name} is not one"
+        )
     warn_confusable(bundle.classes)
     return carve_splits(bundle, cfg)
 
@@ -132,6 +137,8 @@ def stratified_split(
     With `groups` (an id per image), a group is taken or kept whole; it counts for the class of its
     first image. Without, every image is its own group.
     """
+    if labels.ndim == 2:
+        return iterative_split(labels.numpy() > 0, fraction, seed, groups)
     rng = np.random.default_rng(seed)
     labels_np = labels.numpy()
     groups = np.arange(len(labels_np)) if groups is None else np.asarray(groups)
@@ -152,6 +159,50 @@ def stratified_split(
             taken_groups.append(g)
             taken += sizes[g]
     take = np.isin(groups, np.asarray(taken_groups, dtype=groups.dtype))
+    return np.flatnonzero(~take), np.flatnonzero(take)
+
+
+def iterative_split(
+    labels: np.ndarray, fraction: float, seed: int, groups: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Multi-label stratification: iterative stratification (Sechidis, Tsoumakas and Vlahavas, 2011) of
+    (N, C) 0/1 labels into two parts, the second holding `fraction` of the images and of each label.
+
+    The rarest label still to place goes first: each of its images goes to the part that most lacks that
+    label (ties: the part that most lacks images, then at random), and that part's needs shrink by all of
+    the image's labels. Images with no label fill the parts' remaining needs. With `groups`, a group moves
+    whole, carrying the union of its images' labels.
+    """
+    rng = np.random.default_rng(seed)
+    groups = np.arange(len(labels)) if groups is None else np.asarray(groups)
+    ids, inverse, sizes = np.unique(groups, return_inverse=True, return_counts=True)
+    item_labels = np.zeros((len(ids), labels.shape[1]), dtype=bool)
+    np.logical_or.at(item_labels, inverse, labels)
+    shares = np.array([1 - fraction, fraction])
+    need_images = shares * len(labels)
+    need_labels = shares[:, None] * labels.sum(0)[None, :].astype(float)
+    part = np.full(len(ids), -1)
+    left = item_labels.copy()
+    while left.any():
+        counts = left.sum(0)
+        rarest = np.flatnonzero(counts == counts[counts > 0].min())
+        label = rng.choice(rarest)
+        for item in rng.permutation(np.flatnonzero(left[:, label])):
+            order = np.lexsort((rng.random(2), -need_images, -need_labels[:, label]))
+            chosen = order[0]
+            part[item] = chosen
+            need_labels[chosen] -= item_labels[item] * sizes[item]
+            need_images[chosen] -= sizes[item]
+            left[item] = False
+    for item in rng.permutation(np.flatnonzero(part < 0)):
+        chosen = int(np.argmax(need_images + rng.random(2) * 1e-9))
+        part[item] = chosen
+        need_images[chosen] -= sizes[item]
+    take = part[inverse] == 1
+    if take.all() or not take.any():  # a tiny set: one image (group) each way where there are two
+        take[:] = False
+        if len(ids) >= 2 and fraction > 0:
+            take[inverse == inverse[rng.integers(len(labels))]] = True
     return np.flatnonzero(~take), np.flatnonzero(take)
 
 

@@ -62,10 +62,20 @@ def from_folder(root: Path, cfg: DataConfig) -> DataBundle:
 
 
 def from_csv(path: Path, cfg: DataConfig) -> DataBundle:
-    """A manifest of `path,label[,split]` rows (see `imgcls.data.manifest`)."""
-    rows, skipped = read_manifest(path, need_label=True, strict=cfg.strict)
+    """A manifest of `path,label[,split]` rows (see `imgcls.data.manifest`); multi-label where `cfg.task`
+    says so or the rows show it (see `from_multilabel_rows`)."""
+    rows, skipped = read_manifest(
+        path, need_label=True, strict=cfg.strict, keep_unlabelled=cfg.task != "multiclass"
+    )
     if not rows:
         raise DataError(f"{path}: no usable rows (expected lines of path,label)")
+    why = multilabel_reason(rows, cfg)
+    if why:
+        return from_multilabel_rows(path, rows, skipped, cfg.label_sep, why)
+    unlabelled = [(f"{path}:{row.line}", "no label (expected path,label)") for row in rows if not row.label]
+    if unlabelled and cfg.strict:
+        raise DataError(f"{unlabelled[0][0]}: {unlabelled[0][1]}")
+    rows, skipped = [row for row in rows if row.label], skipped + unlabelled
     by_split: dict[str, list[Row]] = {"train": [], "val": [], "test": []}
     for row in rows:
         by_split[row.split].append(row)
@@ -82,6 +92,61 @@ def from_csv(path: Path, cfg: DataConfig) -> DataBundle:
             raise DataError(f"{path}: {split} rows use labels the train rows lack: {', '.join(unknown[:10])}")
         labels = torch.tensor([index[row.label] for row in items], dtype=torch.long)
         splits[split] = Split(labels, paths=[row.path for row in items])
+    return DataBundle.of_splits(str(path), classes, splits, skipped)
+
+
+def multilabel_reason(rows: list[Row], cfg: DataConfig) -> str:
+    """Why the manifest is multi-label ("" when it is not): the config says so, a label cell lists several
+    labels, or an image has rows with different labels. Never guessed from duplicate images elsewhere."""
+    if cfg.task != "auto":
+        return "data.task=multilabel" if cfg.task == "multilabel" else ""
+    if any(cfg.label_sep in row.label for row in rows):
+        return f"label cells list several labels separated by {cfg.label_sep!r}"
+    first: dict[Path, str] = {}
+    for row in rows:
+        if row.label and first.setdefault(row.path, row.label) != row.label:
+            return f"{row.path.name} has rows with different labels"
+    return ""
+
+
+def from_multilabel_rows(
+    path: Path, rows: list[Row], skipped: list[tuple[str, str]], sep: str, why: str
+) -> DataBundle:
+    """Multi-label splits: each image's labels are the union of its rows' label cells (split on `sep`), so
+    `dog;cat` in one row and one row per (path, label) pair both work; a row with an empty label cell is an
+    image with no label (a negative). Labels come from the train rows, sorted."""
+    images: dict[Path, tuple[str, set[str]]] = {}  # in first-seen order
+    for row in rows:
+        split, labels = images.setdefault(row.path, (row.split, set()))
+        if split != row.split:
+            raise DataError(f"{path}:{row.line}: {row.path.name} is in the {split} split on an earlier row")
+        labels |= {label.strip() for label in row.label.split(sep)} - {""}
+    by_split: dict[str, list[tuple[Path, set[str]]]] = {}
+    for file, (split, labels) in images.items():
+        by_split.setdefault(split, []).append((file, labels))
+    if "train" not in by_split:
+        raise DataError(f"{path}: no rows for the train split")
+    classes = sorted_labels(set().union(*(labels for _, labels in by_split["train"])))
+    if not classes:
+        raise DataError(f"{path}: the train rows have no labels")
+    index = {c: i for i, c in enumerate(classes)}
+    splits = {}
+    for split, items in by_split.items():
+        unknown = sorted(set().union(*(labels for _, labels in items)) - index.keys())
+        if unknown:
+            raise DataError(f"{path}: {split} rows use labels the train rows lack: {', '.join(unknown[:10])}")
+        targets = torch.zeros(len(items), len(classes))
+        for i, (_, labels) in enumerate(items):
+            targets[i, [index[label] for label in labels]] = 1.0
+        splits[split] = Split(targets, paths=[file for file, _ in items])
+    none = int((splits["train"].labels.sum(1) == 0).sum())
+    log.info(
+        "multi-label data (%s): %d labels, %d training images (%d with no label)",
+        why,
+        len(classes),
+        len(splits["train"]),
+        none,
+    )
     return DataBundle.of_splits(str(path), classes, splits, skipped)
 
 

@@ -177,7 +177,7 @@ def _label_column(ds: Any, wanted: str | None, image_col: str, name: str) -> str
             raise DataError(f"{name}: data.label_column {wanted!r} holds images, not labels")
         return wanted
     class_labels = [c for c, f in ds.features.items() if isinstance(f, datasets.ClassLabel)]
-    named = [c for c in ds.features if c.lower() in (*LABEL_COLUMNS, "labels") and c != image_col]
+    named = [c for c in ds.features if c.lower() in LABEL_COLUMNS and c != image_col]
     found = class_labels or named
     if not found:
         raise DataError(

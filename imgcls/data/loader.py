@@ -188,14 +188,23 @@ def build_loader(
 
 
 def balanced_weights(labels: torch.Tensor) -> torch.Tensor:
-    """Per-sample weights 1 / (size of its class): every class is drawn equally often."""
+    """Per-sample weights 1 / (size of its class): every class is drawn equally often. Multi-label: the
+    rarest of an image's labels decides (images with no label count as one more class)."""
+    if labels.ndim == 2:
+        present = torch.cat([labels > 0, (labels.sum(1, keepdim=True) == 0)], 1).double()
+        inverse = 1.0 / present.sum(0).clamp_min(1)
+        return (present * inverse).max(1).values
     counts = torch.bincount(labels).double()
     return (1.0 / counts.clamp_min(1))[labels]
 
 
 def class_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Inverse-frequency loss weights n / (classes present x class count) (scikit-learn's "balanced"):
-    every class weighs the same in total, and the whole training set keeps its total weight."""
+    every class weighs the same in total, and the whole training set keeps its total weight.
+    Multi-label: each label's positive weight, negatives / positives (as BCEWithLogitsLoss's pos_weight)."""
+    if labels.ndim == 2:
+        positives = labels.sum(0)
+        return torch.where(positives > 0, (len(labels) - positives) / positives.clamp_min(1), 1.0)
     counts = torch.bincount(labels, minlength=num_classes).float()
     weights = torch.where(counts > 0, counts.sum() / (counts.clamp_min(1) * (counts > 0).sum()), 0.0)
     return weights
@@ -216,7 +225,7 @@ class StreamDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.split)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int] | None:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor] | None:
         if self.split.images is not None:
             image = _adapt(self.split.images[i : i + 1], self.size, self.channels)[0]
         else:
@@ -230,7 +239,7 @@ class StreamDataset(torch.utils.data.Dataset):
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(batch_generator(self.seed, self.epoch, i).initial_seed())
                 image = self.transform(image)
-        return image, int(self.split.labels[i])
+        return image, self.split.labels[i]
 
 
 class _EpochBatches(torch.utils.data.Sampler):
@@ -338,7 +347,7 @@ def _collate_present(items: list) -> tuple[torch.Tensor, torch.Tensor]:
     items = [it for it in items if it is not None]
     if not items:
         return torch.zeros(0, dtype=torch.uint8), torch.zeros(0, dtype=torch.long)
-    return torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items], dtype=torch.long)
+    return torch.stack([x for x, _ in items]), torch.stack([y for _, y in items])
 
 
 def _adapt(images: torch.Tensor, size: int, channels: int) -> torch.Tensor:

@@ -17,7 +17,7 @@ from pathlib import Path
 from imgcls.data.types import DataError
 
 PATH_COLUMNS = ("path", "file", "filename", "image", "filepath")
-LABEL_COLUMNS = ("label", "class", "target", "category")
+LABEL_COLUMNS = ("label", "labels", "class", "target", "category", "tags")
 SPLIT_NAMES = {
     "train": ("train", "training"),
     "val": ("val", "valid", "validation"),
@@ -30,12 +30,16 @@ class Row:
     path: Path
     label: str  # "" where the manifest has no label for the row
     split: str  # train, val or test ("train" where the manifest has no split column)
+    line: int = 0  # the row's line in the manifest
 
 
 def read_manifest(
-    path: str | Path, *, need_label: bool, strict: bool = False
+    path: str | Path, *, need_label: bool, strict: bool = False, keep_unlabelled: bool = False
 ) -> tuple[list[Row], list[tuple[str, str]]]:
     """The usable rows of a manifest, and (`file:line`, reason) for each row that names no usable image.
+
+    `need_label`: the manifest must have a label column, and a row with an empty label is skipped unless
+    `keep_unlabelled` (multi-label data: an image with no label is a negative example).
 
     Raises:
         DataError: the file cannot be read as UTF-8 CSV, or (with `strict`) any row is unusable.
@@ -49,13 +53,15 @@ def read_manifest(
     except (OSError, csv.Error) as e:
         raise DataError(f"cannot read CSV manifest {path}: {e}") from None
     columns, start = _columns(lines[0] if lines else [], need_label)
+    if need_label and keep_unlabelled and columns[1] < 0:
+        raise DataError(f"{path} has no label column")
     base = Path(os.path.abspath(path.parent))
     rows, skipped = [], []
     for lineno, line in enumerate(lines[start:], start=start + 1):
         if not line or all(not c.strip() for c in line):
             continue
         try:
-            rows.append(_row(line, columns, base, need_label))
+            rows.append(_row(line, columns, base, need_label and not keep_unlabelled, lineno))
         except DataError as e:
             if strict:
                 raise DataError(f"{path}:{lineno}: {e}") from None
@@ -84,7 +90,7 @@ def _columns(first: list[str], need_label: bool) -> tuple[tuple[int, int, int], 
     return (path_col, label_col, split_col), 1
 
 
-def _row(line: list[str], columns: tuple[int, int, int], base: Path, need_label: bool) -> Row:
+def _row(line: list[str], columns: tuple[int, int, int], base: Path, need_label: bool, lineno: int) -> Row:
     path_col, label_col, split_col = columns
     cell = lambda i: line[i].strip() if 0 <= i < len(line) else ""  # noqa: E731
     relative, label = cell(path_col), cell(label_col)
@@ -98,7 +104,7 @@ def _row(line: list[str], columns: tuple[int, int, int], base: Path, need_label:
         raise DataError(f"path {relative!r} leaves the manifest's folder {base}; refused")
     if not file.is_file():
         raise DataError(f"file not found: {relative}")
-    return Row(file, label, split)
+    return Row(file, label, split, lineno)
 
 
 def _split(text: str) -> str:

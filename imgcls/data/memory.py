@@ -93,8 +93,9 @@ class BatchMix:
             lam = 1 - bh * bw / (h * w)  # the area actually pasted
         else:
             x = lam * x + (1 - lam) * x[perm]
-        one_hot = F.one_hot(y, self.num_classes).float()
-        return x, lam * one_hot + (1 - lam) * one_hot[perm]
+        # Multi-label targets mix as they are (soft multi-hot); class indices become one-hot first.
+        target = y.float() if y.ndim == 2 else F.one_hot(y, self.num_classes).float()
+        return x, lam * target + (1 - lam) * target[perm]
 
 
 def batch_generator(seed: int, epoch: int, batch: int, rank: int = 0) -> torch.Generator:

@@ -284,6 +284,10 @@ def pack(bundle: DataBundle, out: Path, shard_size: int = 10**9) -> dict[str, An
     Returns the counts written per split and the shard files.
     """
     wds = require("webdataset", "wds", "WebDataset shards")
+    if bundle.multilabel:
+        raise DataError(
+            "imgcls data pack writes one class per image (.cls); multi-label data stays a CSV manifest"
+        )
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise DataError(f"{out} exists and is not an empty folder; choose a new --out")
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"

@@ -37,7 +37,11 @@ ImageSource = Path | Member  # what a split's `paths` holds
 
 @dataclass
 class Split:
-    """One split: labels plus either uint8 `images` (N, C, H, W) or `paths` (files or members) to decode."""
+    """One split: labels plus either uint8 `images` (N, C, H, W) or `paths` (files or members) to decode.
+
+    `labels` holds a class index per image (int64, N), or for multi-label data a 0/1 row per image
+    (float32, N x classes; a row of zeros is an image with none of the labels).
+    """
 
     labels: torch.Tensor
     images: torch.Tensor | None = None
@@ -45,6 +49,10 @@ class Split:
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    @property
+    def multilabel(self) -> bool:
+        return self.labels.ndim == 2
 
     def subset(self, index: torch.Tensor | np.ndarray) -> Split:
         index = torch.as_tensor(index, dtype=torch.long)
@@ -81,6 +89,14 @@ class DataBundle:
             single_tree=set(splits) == {"train"},
         )
 
+    @property
+    def multilabel(self) -> bool:
+        return self.train.multilabel
+
+    @property
+    def task(self) -> str:
+        return "multilabel" if self.multilabel else "multiclass"
+
     def split(self, name: str) -> Split:
         split = {"train": self.train, "val": self.val, "test": self.test}.get(name)
         if split is None:
@@ -96,13 +112,22 @@ class DataBundle:
         def remap(split: Split | None) -> Split | None:
             if split is None:
                 return None
-            names = [self.classes[i] for i in split.labels.tolist()]
-            unknown = sorted(set(names) - index.keys())
+            used = split.labels.any(0).nonzero().flatten() if split.multilabel else split.labels.unique()
+            unknown = sorted({self.classes[i] for i in used.tolist()} - index.keys())
             if unknown:
                 raise DataError(
                     f"the data has classes the model was not trained on: {', '.join(unknown[:10])}"
                 )
-            return Split(torch.tensor([index[n] for n in names], dtype=torch.long), split.images, split.paths)
+            if split.multilabel:  # columns by name; a label the data lacks is absent from every image
+                labels = torch.zeros(len(split), len(classes))
+                for i, name in enumerate(self.classes):
+                    if name in index:
+                        labels[:, index[name]] = split.labels[:, i]
+            else:
+                labels = torch.tensor(
+                    [index[self.classes[i]] for i in split.labels.tolist()], dtype=torch.long
+                )
+            return Split(labels, split.images, split.paths)
 
         return replace(
             self, classes=list(classes), train=remap(self.train), val=remap(self.val), test=remap(self.test)

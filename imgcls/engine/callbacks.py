@@ -69,7 +69,7 @@ class EarlyStopping:
         self.patience = patience
 
     def on_eval_end(self, state, metrics: dict[str, float]) -> None:
-        val = metrics.get("val_acc")
+        val = metrics.get("val_acc", metrics.get("val_map"))
         if val is None or val > state.best_metric:
             return
         if state.epoch - state.best_epoch >= self.patience:
@@ -158,7 +158,7 @@ class ProgressLogger:
         if self.progress:
             self.progress.remove_task(self.task)
         parts = [f"epoch {int(metrics['epoch'])}{self.of}"]
-        parts += [f"{k} {v:.4f}" for k, v in metrics.items() if k.endswith(("loss", "acc"))]
+        parts += [f"{k} {v:.4f}" for k, v in metrics.items() if k.endswith(("loss", "acc", "map"))]
         parts += [f"{metrics['train_img_s']:,.0f} img/s", f"{metrics['time_s']:.1f}s"]
         log.info("  ".join(parts))
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from contextlib import nullcontext
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 
+from imgcls.metrics import mean_average_precision
 from imgcls.models import Classifier
 from imgcls.utils import dist
 
@@ -54,6 +56,40 @@ def predict_split(
     """
     logits, labels = predict_logits(model, loader, amp_dtype=amp_dtype, channels_last=channels_last)
     return dist.gather_cat(logits), dist.gather_cat(labels)
+
+
+def multilabel_loss(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    label_smoothing: float = 0.0,
+    pos_weight: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Binary cross-entropy per label; smoothing pulls each 0/1 target towards 1/2 by `label_smoothing`/2."""
+    targets = targets.float() * (1 - label_smoothing) + label_smoothing / 2
+    return F.binary_cross_entropy_with_logits(logits, targets, pos_weight=pos_weight)
+
+
+def build_criterion(
+    multilabel: bool, class_weights: torch.Tensor | None = None, label_smoothing: float = 0.0
+):
+    """Cross-entropy over classes, or binary cross-entropy per label (`class_weights`: positive weights)."""
+    if multilabel:
+        return partial(multilabel_loss, label_smoothing=label_smoothing, pos_weight=class_weights)
+    return torch.nn.CrossEntropyLoss(weight=class_weights, label_smoothing=label_smoothing)
+
+
+def validation_metrics(
+    logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0
+) -> dict[str, float]:
+    """val_loss and the score that picks the best epoch: accuracy, or for multi-label (2-D labels) the
+    macro mean average precision (threshold-free: the thresholds are tuned after training)."""
+    if labels.ndim == 1:
+        loss, accuracy = loss_and_accuracy(logits, labels, label_smoothing)
+        return {"val_loss": loss, "val_acc": accuracy}
+    if not len(labels):
+        return {"val_loss": float("nan"), "val_map": float("nan")}
+    loss = multilabel_loss(logits, labels, label_smoothing).item()
+    return {"val_loss": loss, "val_map": mean_average_precision(logits.sigmoid(), labels)}
 
 
 def loss_and_accuracy(

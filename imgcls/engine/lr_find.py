@@ -8,10 +8,8 @@ import dataclasses
 import math
 from typing import Any
 
-from torch import nn
-
 from imgcls.config import Config
-from imgcls.engine.evaluate import autocast
+from imgcls.engine.evaluate import autocast, build_criterion
 from imgcls.engine.optim import build_optimizer
 from imgcls.models import Classifier
 from imgcls.models.transfer import NUM_GROUPS, set_frozen
@@ -49,7 +47,7 @@ def lr_range_test(
     relative = [group["lr"] for group in optimizer.param_groups]  # discriminative ratios stay
     device = next(model.parameters()).device
     amp_dtype = autocast_dtype(device, cfg.train.amp)
-    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing)
+    criterion = build_criterion(model.meta.multilabel, label_smoothing=cfg.train.label_smoothing)
     lrs, losses, avg, best = [], [], 0.0, math.inf
     model.train()
     for i, (x, y) in enumerate(_batches(loader, steps)):

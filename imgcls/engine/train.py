@@ -16,11 +16,11 @@ from torch import nn
 from imgcls.config import Config
 from imgcls.engine.callbacks import call
 from imgcls.engine.ema import build_ema
-from imgcls.engine.evaluate import autocast, loss_and_accuracy, predict_split
+from imgcls.engine.evaluate import autocast, build_criterion, predict_split, validation_metrics
 from imgcls.engine.optim import build_optimizer, build_schedule
 from imgcls.engine.state import STATE_FILE, TrainState, rng_states
 from imgcls.errors import ImgclsError
-from imgcls.models import Classifier
+from imgcls.models import Classifier, ModelMeta
 from imgcls.models.checkpoint import save_weights
 from imgcls.utils import dist
 from imgcls.utils.env import autocast_dtype
@@ -100,7 +100,7 @@ def fit(
     model, run_dir = state.model, Path(run_dir)
     device = next(model.parameters()).device
     amp_dtype = autocast_dtype(device, cfg.train.amp)
-    criterion = nn.CrossEntropyLoss(weight=class_weights, label_smoothing=cfg.train.label_smoothing)
+    criterion = build_criterion(model.meta.multilabel, class_weights, cfg.train.label_smoothing)
     # DDP and the compiled module share the model's parameters; evaluation and checkpoints use the model.
     forward = dist.wrap(
         model, device, sync_bn=cfg.train.sync_bn, partly_frozen=cfg.train.recipe == "finetune"
@@ -124,7 +124,9 @@ def fit(
         train_loader.set_epoch(epoch, state.batch_in_epoch)
         call(callbacks, "on_epoch_start", state=state, epoch=epoch, num_steps=len(train_loader))
         start, base_seconds = time.perf_counter(), state.train_seconds
-        sums = _EpochSums(device, state.epoch_sums)  # resumed mid-epoch: the sums so far
+        sums = _EpochSums(
+            device, state.epoch_sums, model.meta.multilabel
+        )  # resumed mid-epoch: the sums so far
         skipped_before = state.skipped_steps
         for x, y in train_loader:
             progress = _progress(plan, state.step, base_seconds + time.perf_counter() - start)
@@ -183,13 +185,12 @@ def fit(
                 "Lower optim.lr or set train.grad_clip"
             )
         metrics["train_img_s"] = metrics.pop("seen") / max(train_time, 1e-9)
-        _warn_if_exploding(metrics["train_loss"], model.meta.num_classes, state.epoch, cfg)
+        _warn_if_exploding(metrics["train_loss"], model.meta, state.epoch, cfg)
         if val_loader is not None and (finished or not plan.timed):
             logits, labels = predict_split(
                 state.eval_model, val_loader, amp_dtype=amp_dtype, channels_last=cfg.train.channels_last
             )
-            val_loss, val_acc = loss_and_accuracy(logits, labels, cfg.train.label_smoothing)
-            metrics |= {"val_loss": val_loss, "val_acc": val_acc}
+            metrics |= validation_metrics(logits, labels, cfg.train.label_smoothing)
         if state.skipped_steps:
             metrics["skipped_steps"] = state.skipped_steps
         metrics["time_s"] = time.perf_counter() - start
@@ -248,9 +249,9 @@ class _FiniteWatch:
         )
 
 
-def _warn_if_exploding(train_loss: float, num_classes: int, epoch: int, cfg: Config) -> None:
-    """A loss far above chance level (ln C) means the learning rate is too high for this model."""
-    chance = math.log(max(2, num_classes))
+def _warn_if_exploding(train_loss: float, meta: ModelMeta, epoch: int, cfg: Config) -> None:
+    """A loss far above chance level (ln C; ln 2 per label) means the learning rate is too high for this model."""
+    chance = math.log(2 if meta.multilabel else max(2, meta.num_classes))
     if math.isfinite(train_loss) and train_loss > EXPLODING * chance:
         log.warning(
             "the training loss exploded: %.4g in epoch %d, where guessing at random scores %.2f; "
@@ -277,18 +278,27 @@ def _nonfinite(cfg: Config, state: TrainState, epoch: int, loss: torch.Tensor, s
     )
 
 
+def _correct(logits: torch.Tensor, y: torch.Tensor, multilabel: bool) -> torch.Tensor:
+    """Right answers in a batch: the class (mixed soft targets count by their main class), or for
+    multi-label the whole label set at probability 1/2 (exact match)."""
+    if multilabel:
+        return ((logits > 0) == (y > 0.5)).all(1).sum()
+    hard = y if y.ndim == 1 else y.argmax(1)
+    return (logits.argmax(1) == hard).sum()
+
+
 class _EpochSums:
     """Loss, correct and seen counts of the epoch so far, kept on the device (no host sync per step)."""
 
-    def __init__(self, device: torch.device, start: dict[str, float]) -> None:
+    def __init__(self, device: torch.device, start: dict[str, float], multilabel: bool = False) -> None:
+        self.multilabel = multilabel
         self.loss = torch.tensor(float(start.get("loss", 0.0)), device=device)
         self.correct = torch.tensor(int(start.get("correct", 0)), device=device)
         self.seen = int(start.get("seen", 0))
 
     def add(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
         self.loss += loss.detach() * len(y)
-        hard = y if y.ndim == 1 else y.argmax(1)  # mixed (soft) targets count by their main class
-        self.correct += (logits.detach().argmax(1) == hard).sum()
+        self.correct += _correct(logits.detach(), y, self.multilabel)
         self.seen += len(y)
 
     def to_dict(self) -> dict[str, float]:
@@ -324,13 +334,14 @@ class _Saver:
 
     def save_epoch(self, metrics: dict[str, float]) -> None:
         """Best weights (by validation accuracy, else the latest epoch) and the full state, both atomically."""
-        state, val_acc = self.state, metrics.get("val_acc")
-        if val_acc is None or val_acc > state.best_metric:
-            if val_acc is not None:
-                state.best_metric = val_acc
+        key = "val_map" if "val_map" in metrics else "val_acc"  # multi-label: mean average precision
+        state, score = self.state, metrics.get(key)
+        if score is None or score > state.best_metric:
+            if score is not None:
+                state.best_metric = score
             state.best_epoch = state.epoch
             if dist.is_main():
                 save_weights(
-                    state.eval_model, self.run_dir, {"best_epoch": state.best_epoch, "best_val_acc": val_acc}
+                    state.eval_model, self.run_dir, {"best_epoch": state.best_epoch, f"best_{key}": score}
                 )
         self.save_state()

@@ -50,14 +50,14 @@ class Preprocess(nn.Module):
 
 
 class Probabilities(nn.Module):
-    """The Classifier's softmax output in float32 (the artifact's output)."""
+    """The Classifier's probabilities in float32 (the artifact's output): softmax, or a sigmoid per label."""
 
     def __init__(self, model: Classifier) -> None:
         super().__init__()
         self.model = model.eval()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x).float().softmax(1)
+        return self.model.meta.probabilities(self.model(x).float())
 
 
 class RawImageModel(nn.Module):
@@ -81,6 +81,7 @@ class ExportResult:
     checked: int
     seconds: float
     int8: dict[str, Any] | None = None  # path, accuracy fp32/int8, agreement, images/s fp32/int8
+    agreement_of: str = "top-1"  # what `agreement` compares: "top-1" classes, or multi-label "label-set"
     check_source: str = ""  # what the parity check fed the artifact
 
 
@@ -149,11 +150,18 @@ def metadata(model: Classifier, layout: str) -> dict[str, str]:
         "resized_to": meta.input_size,
         "output": "probabilities (N, classes)",
     }
+    tags = {}
+    if meta.multilabel:
+        spec["output"] = (
+            "probabilities (N, labels), one sigmoid per label: a label is present at p >= its threshold"
+        )
+        tags = {"task": "multilabel", "thresholds": json.dumps(meta.thresholds or [0.5] * meta.num_classes)}
     return {
         "imgcls_version": __version__,
         "classes": json.dumps(meta.classes),
         "input": json.dumps(spec),
         "model": json.dumps(meta.to_dict()),
+        **tags,
     }
 
 
@@ -174,9 +182,10 @@ def export(
     {"onnx": _export_onnx, "torchscript": _export_torchscript}[fmt](wrapper, out, metadata(model, layout))
     agreement, diff = parity(model, load_artifact(out), check_images, layout)
     result = ExportResult(out, agreement, diff, len(check_images), time.perf_counter() - start)
+    result.agreement_of = "label-set" if model.meta.multilabel else "top-1"
     if agreement < TOP1_AGREEMENT or diff > PROB_TOLERANCE:
         raise ExportError(
-            f"{out} disagrees with PyTorch on {len(check_images)} images: top-1 agreement "
+            f"{out} disagrees with PyTorch on {len(check_images)} images: {result.agreement_of} agreement "
             f"{agreement:.4%} (needs {TOP1_AGREEMENT:.1%}), max probability difference {diff:.2e} "
             f"(allowed {PROB_TOLERANCE:g})"
         )
@@ -278,7 +287,7 @@ def artifact_metadata(path: str | Path) -> dict[str, Any]:
             warnings.simplefilter("ignore", FutureWarning)
             torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
         props = json.loads(extra["imgcls.json"])
-    return {k: json.loads(v) if k != "imgcls_version" else v for k, v in props.items()}
+    return {k: json.loads(v) if k not in ("imgcls_version", "task") else v for k, v in props.items()}
 
 
 def _numpy(images):
@@ -287,13 +296,18 @@ def _numpy(images):
 
 @torch.inference_mode()
 def parity(model: Classifier, run, images: Sequence[torch.Tensor], layout: str) -> tuple[float, float]:
-    """Top-1 agreement and the largest probability difference between `imgcls predict`'s PyTorch path
-    (squared in Python, then the model) and the artifact fed each raw image as it is."""
-    square = to_square(model.meta.input_size)
+    """Top-1 agreement (multi-label: identical label sets at the model's thresholds) and the largest
+    probability difference between `imgcls predict`'s PyTorch path (squared in Python, then the model) and
+    the artifact fed each raw image as it is."""
+    meta = model.meta
+    square = to_square(meta.input_size)
     agree, diff = 0, 0.0
     for image in images:
-        expected = model(to_float(square(image)[None])).float().softmax(1).numpy()
-        got = run(_layout(image[None], layout))
-        agree += int((expected.argmax(1) == got.argmax(1)).sum())
-        diff = max(diff, float(abs(expected - got).max()))
+        expected = meta.probabilities(model(to_float(square(image)[None])).float())
+        got = torch.from_numpy(run(_layout(image[None], layout)))
+        if meta.multilabel:
+            agree += int((meta.label_sets(expected) == meta.label_sets(got)).all(1).sum())
+        else:
+            agree += int((expected.argmax(1) == got.argmax(1)).sum())
+        diff = max(diff, float((expected - got).abs().max()))
     return agree / max(1, len(images)), diff

@@ -150,16 +150,30 @@ class Predictor:
     @torch.inference_mode()
     def _classify(self, batch: torch.Tensor, top_k: int) -> list[dict[str, Any]]:
         """Top-k of a preprocessed uint8 batch (N, C, S, S)."""
-        probs = self.model(to_float(batch.to(self.device))).float().softmax(1)
+        probs = self.meta.probabilities(self.model(to_float(batch.to(self.device))).float())
         return self._top_k(probs, top_k)
 
     def _top_k(self, probs: torch.Tensor, top_k: int) -> list[dict[str, Any]]:
+        """Each image's best class with its top k; multi-label: its label set (each label's probability
+        at or above its threshold, most probable first) with their probabilities, and the top k."""
         k = max(1, min(top_k, self.meta.num_classes))
         values, indices = probs.topk(k, dim=1)
+        chosen = self.meta.label_sets(probs).tolist() if self.meta.multilabel else None
         out = []
-        for vals, idxs in zip(values.tolist(), indices.tolist()):
+        for n, (vals, idxs) in enumerate(zip(values.tolist(), indices.tolist())):
             top = [{"label": self._name(i), "probability": round(v, 6)} for v, i in zip(vals, idxs)]
-            out.append({"label": top[0]["label"], "probability": top[0]["probability"], "top_k": top})
+            if chosen is None:
+                out.append({"label": top[0]["label"], "probability": top[0]["probability"], "top_k": top})
+                continue
+            present = sorted((i for i, yes in enumerate(chosen[n]) if yes), key=lambda i: -float(probs[n, i]))
+            labels = [self._name(i) for i in present]
+            out.append(
+                {
+                    "labels": labels,
+                    "probabilities": [round(float(probs[n, i]), 6) for i in present],
+                    "top_k": top,
+                }
+            )
         return out
 
     def predict_stream(
@@ -302,32 +316,53 @@ def _chunks(items: Sequence, size: int) -> Iterator[Sequence]:
 
 
 def inputs_with_labels(
-    inputs: Sequence[str | Path], classes: Sequence[str]
+    inputs: Sequence[str | Path], classes: Sequence[str], multilabel_sep: str | None = None
 ) -> tuple[list[Path], dict[Path, str], list[tuple[str, str]]]:
     """Files to predict and the true labels known for them: a CSV manifest's label column, or the class
-    folder a file sits in (when every file of a folder input sits in a folder named like a class)."""
+    folder a file sits in (when every file of a folder input sits in a folder named like a class).
+
+    Multi-label (`multilabel_sep` given): a manifest's rows of one file join into one label set (written
+    with the separator), an empty label cell is the empty set, and each file is predicted once.
+    """
     files, labels, missing = [], {}, []
     known = set(classes)
     for item in inputs:
         path = Path(item)
         if path.is_file() and path.suffix.lower() == ".csv":
             rows, bad = read_manifest(path, need_label=False)
-            files += [row.path for row in rows]
-            labels |= {row.path: row.label for row in rows if row.label}
             missing += bad
+            if multilabel_sep is None:
+                files += [row.path for row in rows]
+                labels |= {row.path: row.label for row in rows if row.label}
+                continue
+            sets: dict[Path, set[str]] = {}
+            for row in rows:
+                sets.setdefault(row.path, set()).update(row.label.split(multilabel_sep))
+            files += list(sets)
+            if any(row.label for row in rows):  # a label column: an empty cell is an image with no label
+                labels |= {f: multilabel_sep.join(sorted(s - {""})) for f, s in sets.items()}
             continue
         found, lost = expand_paths([item])
         files += found
         missing += lost
-        if path.is_dir() and found and all(class_name(f.parent) in known for f in found):
+        if (
+            multilabel_sep is None
+            and path.is_dir()
+            and found
+            and all(class_name(f.parent) in known for f in found)
+        ):
             labels |= {f: class_name(f.parent) for f in found}
     return files, labels, missing
 
 
 class PredictionWriter:
-    """Predictions to `.csv` (path, label, probability, top_k as label:prob;..., true_label) or `.jsonl`."""
+    """Predictions to `.csv` (path, label, probability, top_k as label:prob;..., true_label) or `.jsonl`.
 
-    def __init__(self, path: str | Path) -> None:
+    Multi-label CSV: path, labels (joined by the manifest's separator), probabilities, top_k, true_labels.
+    """
+
+    def __init__(self, path: str | Path, multilabel: bool = False, label_sep: str = ";") -> None:
+        self.multilabel, self.sep = multilabel, label_sep
         self.path = Path(path)
         if self.path.suffix.lower() not in (".csv", ".jsonl"):
             raise ConfigError(f"--out must end in .csv or .jsonl, not {self.path.name!r}")
@@ -336,12 +371,20 @@ class PredictionWriter:
         self.file = open(self.path, "w", newline="", encoding="utf-8", errors="backslashreplace")  # noqa: SIM115
         self.csv = csv.writer(self.file) if self.path.suffix.lower() == ".csv" else None
         if self.csv:
-            self.csv.writerow(["path", "label", "probability", "top_k", "true_label"])
+            header = ["path", "label", "probability", "top_k", "true_label"]
+            if multilabel:
+                header = ["path", "labels", "probabilities", "top_k", "true_labels"]
+            self.csv.writerow(header)
 
     def write(self, pred: dict[str, Any], true_label: str | None) -> None:
         if self.csv:
             top = ";".join(f"{t['label']}:{t['probability']}" for t in pred["top_k"])
-            self.csv.writerow([pred["path"], pred["label"], pred["probability"], top, true_label or ""])
+            if self.multilabel:
+                probs = ";".join(map(str, pred["probabilities"]))
+                row = [pred["path"], self.sep.join(pred["labels"]), probs, top, true_label or ""]
+            else:
+                row = [pred["path"], pred["label"], pred["probability"], top, true_label or ""]
+            self.csv.writerow(row)
         else:
             self.file.write(json.dumps({**pred, **({"true_label": true_label} if true_label else {})}) + "\n")
 

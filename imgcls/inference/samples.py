@@ -49,9 +49,9 @@ def split_sample(
             except ImageDecodeError:
                 continue
         images.append(image)
-        labels.append(int(split.labels[i]))
+        labels.append(split.labels[i])
         held += image.numel()
-    return images, torch.tensor(labels, dtype=torch.long)
+    return images, torch.stack(labels) if labels else split.labels[:0]
 
 
 def folder_sample(folder: str | Path, limit: int, channels: int) -> list[torch.Tensor]:

@@ -190,7 +190,9 @@ def create_app(predictor: Predictor, cfg: ServeConfig | None = None) -> FastAPI:
         m = predictor.meta
         return {
             "model": m.name,
+            "task": m.task,
             "classes": m.classes,
+            **({"thresholds": m.thresholds} if m.multilabel else {}),
             "input_size": m.input_size,
             "channels": m.in_chans,
             "limits": {"max_bytes": cfg.max_bytes, "max_files": cfg.max_files},
@@ -259,7 +261,7 @@ def _explain_png(
     """The overlay PNG of one uint8 (C, S, S) image, for `target` or the class the model predicts for it."""
     with lock:
         explainer = predictor.explainer()
-        label = target if target is not None else predictor._classify(image[None], 1)[0]["label"]
+        label = target if target is not None else predictor._classify(image[None], 1)[0]["top_k"][0]["label"]
         cam = explainer.maps(image[None], [predictor.class_index(label)])[0]
         buffer = io.BytesIO()
         Image.fromarray(overlay(image.permute(1, 2, 0).numpy(), cam, side=224)).save(buffer, format="PNG")

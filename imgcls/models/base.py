@@ -43,6 +43,22 @@ class ModelMeta:
         1.0  # eval-mode logits are divided by it (temperature scaling, `imgcls eval --calibrate`)
     )
     arch: dict[str, Any] = field(default_factory=dict)  # builder options, e.g. {"width": 8}
+    task: str = "multiclass"  # or "multilabel": independent (sigmoid) probabilities, one per label
+    thresholds: list[float] = field(default_factory=list)  # multilabel: a label is present at p >= its own
+    label_sep: str = ";"  # multilabel: how a label set is written in one CSV cell (as the manifest had it)
+
+    @property
+    def multilabel(self) -> bool:
+        return self.task == "multilabel"
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """Softmax over classes, or for multi-label a sigmoid per label."""
+        return logits.sigmoid() if self.multilabel else logits.softmax(1)
+
+    def label_sets(self, probs: torch.Tensor) -> torch.Tensor:
+        """Multi-label decisions (N, labels) as booleans: each probability against its label's threshold."""
+        thresholds = torch.tensor(self.thresholds or [0.5] * probs.shape[1], dtype=probs.dtype)
+        return probs >= thresholds.to(probs.device)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

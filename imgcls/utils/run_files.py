@@ -34,3 +34,8 @@ def report_html(split: str) -> str:
 
 def confusion_png(split: str) -> str:
     return f"confusion_matrix{_suffix(split)}.png"
+
+
+def pr_curves_png(split: str) -> str:
+    """Multi-label runs: each label's precision-recall curve (instead of a confusion matrix)."""
+    return f"pr_curves{_suffix(split)}.png"

@@ -204,10 +204,13 @@ def _curves_figure(history: list[dict[str, float]]):
     epochs = [row["epoch"] for row in history]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, metric in zip(axes, ("loss", "acc")):
-        for split in ("train", "val"):
-            values = [row.get(f"{split}_{metric}") for row in history]
+        series = [(f"train_{metric}", "train"), (f"val_{metric}", "val")]
+        if metric == "acc":  # multi-label: exact match in training, mean average precision on validation
+            series.append(("val_map", "val mAP"))
+        for key, name in series:
+            values = [row.get(key) for row in history]
             if any(v is not None for v in values):
-                ax.plot(epochs, values, marker="o", label=split)
+                ax.plot(epochs, values, marker="o", label=name)
         ax.set(xlabel="epoch", ylabel=metric, title={"loss": "Loss", "acc": "Accuracy"}[metric])
         ax.grid(alpha=0.3)
         ax.legend()
