@@ -242,6 +242,7 @@ OWN = {
         "--lr": ("optim.lr", {"type": _lr, "help": "peak learning rate, or auto (an LR range test picks it)"}),
         "--freeze": ("model.freeze", {"metavar": "auto|none|N|backbone", "help": "fine-tuning: what stays frozen after the head-only phase (backbone: linear probing)"}),
         "--patience": ("train.patience", {"type": int, "help": "stop when validation accuracy has not improved for N epochs"}),
+        "--task": ("data.task", {"choices": ["auto", "multiclass", "multilabel"], "help": "multilabel: each image has a set of labels (a CSV manifest: 'dog;cat' cells or a row per label); auto: detected from the manifest, said in the log"}),
         "--strict": ("data.strict", {"action": "store_const", "const": True, "help": "unreadable images are an error, not a counted skip"}),
         "--out": ("out", {"help": "run folder (default: runs/<data>-<model>-<time>)"}),
         "--resume": (None, {"metavar": "RUN_DIR", "help": "continue a run from its last checkpoint"}),

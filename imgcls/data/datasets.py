@@ -170,14 +170,16 @@ def iterative_split(
 
     The rarest label still to place goes first: each of its images goes to the part that most lacks that
     label (ties: the part that most lacks images, then at random), and that part's needs shrink by all of
-    the image's labels. Images with no label fill the parts' remaining needs. With `groups`, a group moves
-    whole, carrying the union of its images' labels.
+    the image's labels. Having no label counts as one more label, so negatives are shared out alike. With
+    `groups`, a group moves whole, carrying the union of its images' labels.
     """
     rng = np.random.default_rng(seed)
+    labels = np.concatenate([labels, ~labels.any(1, keepdims=True)], 1)
     groups = np.arange(len(labels)) if groups is None else np.asarray(groups)
     ids, inverse, sizes = np.unique(groups, return_inverse=True, return_counts=True)
-    item_labels = np.zeros((len(ids), labels.shape[1]), dtype=bool)
-    np.logical_or.at(item_labels, inverse, labels)
+    item_counts = np.zeros((len(ids), labels.shape[1]))  # each group's images per label
+    np.add.at(item_counts, inverse, labels)
+    item_labels = item_counts > 0
     shares = np.array([1 - fraction, fraction])
     need_images = shares * len(labels)
     need_labels = shares[:, None] * labels.sum(0)[None, :].astype(float)
@@ -191,13 +193,9 @@ def iterative_split(
             order = np.lexsort((rng.random(2), -need_images, -need_labels[:, label]))
             chosen = order[0]
             part[item] = chosen
-            need_labels[chosen] -= item_labels[item] * sizes[item]
+            need_labels[chosen] -= item_counts[item]
             need_images[chosen] -= sizes[item]
             left[item] = False
-    for item in rng.permutation(np.flatnonzero(part < 0)):
-        chosen = int(np.argmax(need_images + rng.random(2) * 1e-9))
-        part[item] = chosen
-        need_images[chosen] -= sizes[item]
     take = part[inverse] == 1
     if take.all() or not take.any():  # a tiny set: one image (group) each way where there are two
         take[:] = False

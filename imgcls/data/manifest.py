@@ -61,7 +61,7 @@ def read_manifest(
         if not line or all(not c.strip() for c in line):
             continue
         try:
-            rows.append(_row(line, columns, base, need_label and not keep_unlabelled, lineno))
+            rows.append(_row(line, columns, base, need_label, keep_unlabelled, lineno))
         except DataError as e:
             if strict:
                 raise DataError(f"{path}:{lineno}: {e}") from None
@@ -90,13 +90,21 @@ def _columns(first: list[str], need_label: bool) -> tuple[tuple[int, int, int], 
     return (path_col, label_col, split_col), 1
 
 
-def _row(line: list[str], columns: tuple[int, int, int], base: Path, need_label: bool, lineno: int) -> Row:
+def _row(
+    line: list[str],
+    columns: tuple[int, int, int],
+    base: Path,
+    need_label: bool,
+    keep_unlabelled: bool,
+    lineno: int,
+) -> Row:
     path_col, label_col, split_col = columns
     cell = lambda i: line[i].strip() if 0 <= i < len(line) else ""  # noqa: E731
     relative, label = cell(path_col), cell(label_col)
     if not relative:
         raise DataError("empty path")
-    if need_label and not label:
+    # An empty label cell may be kept (a multi-label negative); a row without the cell is malformed.
+    if need_label and not label and (not keep_unlabelled or label_col >= len(line)):
         raise DataError("no label (expected path,label)")
     split = _split(cell(split_col)) if cell(split_col) else "train"
     file = contained(base, relative)

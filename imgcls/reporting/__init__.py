@@ -113,6 +113,14 @@ def data_report_text(report: dict[str, Any], limit: int = 5) -> str:
         shown = ", ".join(f"{c} {n}" for c, n in list(counts.items())[:12])
         more = f", ... ({len(counts)} classes)" if len(counts) > 12 else ""
         lines.append(f"  {split}: {shown}{more}")
+    labels = report.get("labels")
+    if labels:
+        no_label = ", ".join(f"{n} {split}" for split, n in labels["no_label"].items())
+        pairs = ", ".join(f"{'+'.join(p['labels'])} {p['count']}" for p in labels["frequent_pairs"][:5])
+        lines.append(
+            f"  multi-label: {labels['labels_per_image'].get('train', 0)} labels per training image; "
+            f"images with no label: {no_label}; frequent pairs: {pairs or 'none'}"
+        )
     stats = report["stats"]
     if "mean" in stats:
         lines.append(

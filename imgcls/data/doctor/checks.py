@@ -15,6 +15,7 @@ from imgcls.data.doctor.findings import (
     duplicate_findings,
     file_findings,
     image_stats,
+    label_set_stats,
     near_pairs,
 )
 from imgcls.data.doctor.images import ImageFacts, byte_hash, file_images, tensor_images
@@ -48,6 +49,8 @@ def check(bundle: DataBundle, *, near: bool = True) -> DataReport:
         bundle.name, sum(len(s) for s in splits.values()), counts, image_stats(images), findings
     )
     report.seconds = round(time.perf_counter() - start, 2)
+    if bundle.multilabel:
+        report.labels = label_set_stats(splits, bundle.classes)
     return report
 
 

@@ -57,8 +57,34 @@ def file_findings(images: list[ImageFacts]) -> list[Finding]:
 
 
 def class_counts(labels: torch.Tensor, classes: list[str]) -> dict[str, int]:
-    counts = torch.bincount(labels, minlength=len(classes)).tolist()
-    return dict(zip(classes, counts))
+    """Images per class; multi-label: images carrying each label."""
+    counts = labels.sum(0).long() if labels.ndim == 2 else torch.bincount(labels, minlength=len(classes))
+    return dict(zip(classes, counts.tolist()))
+
+
+def label_set_stats(splits: dict[str, Any], classes: list[str], top: int = 10) -> dict[str, Any]:
+    """Multi-label data: images with no label and labels per image (each split), each label's share of the
+    training images and its imbalance (negatives per positive), and the most frequent label pairs."""
+    train = splits["train"].labels > 0.5
+    together = (train.T.long() @ train.long()).triu(1)
+    pairs = [
+        {"labels": [classes[int(i)], classes[int(j)]], "count": int(together[i, j])}
+        for i, j in zip(
+            *np.unravel_index(np.argsort(-together.flatten().numpy(), kind="stable")[:top], together.shape)
+        )
+        if together[i, j] > 0
+    ]
+    positives = train.sum(0)
+    return {
+        "task": "multilabel",
+        "no_label": {name: int((s.labels.sum(1) == 0).sum()) for name, s in splits.items()},
+        "labels_per_image": {name: round(float(s.labels.sum(1).mean()), 3) for name, s in splits.items()},
+        "positive_rate": {c: round(float(n) / len(train), 4) for c, n in zip(classes, positives.tolist())},
+        "imbalance": {
+            c: round((len(train) - n) / n, 2) if n else None for c, n in zip(classes, positives.tolist())
+        },
+        "frequent_pairs": pairs,
+    }
 
 
 def class_findings(counts: dict[str, dict[str, int]], classes: list[str]) -> list[Finding]:

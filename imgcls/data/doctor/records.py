@@ -62,6 +62,7 @@ class DataReport:
     stats: dict[str, Any]
     findings: list[Finding]
     seconds: float = 0.0
+    labels: dict[str, Any] | None = None  # multi-label data: label-set statistics (label_set_stats)
 
     @property
     def errors(self) -> list[Finding]:
