@@ -189,3 +189,47 @@ def test_resume_of_a_multilabel_run_equals_an_uninterrupted_one(tmp_path: Path):
     thresholds = [json.loads((tmp_path / run / "model.json").read_text())["thresholds"] for run in "ab"]
     assert thresholds[0] == thresholds[1]
     assert straight.test["map_macro"] == resumed.test["map_macro"]
+
+
+def test_eval_and_report_commands_on_a_multilabel_run(ml_run, capsys):
+    from imgcls import cli
+
+    run, _ = ml_run
+    assert cli.main(["eval", str(run), "--json", "--tta", "flip"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["task"] == "multilabel" and set(result["tta"]) == {"off", "flip"}
+    stored = json.loads((run / "model.json").read_text())
+    assert [m["threshold"] for m in result["per_label"].values()] == pytest.approx(stored["thresholds"])
+    assert cli.main(["eval", str(run), "--calibrate"]) == 2
+    assert "--calibrate fits a softmax temperature" in capsys.readouterr().err
+    (run / "report.html").unlink()
+    assert cli.main(["report", str(run)]) == 0 and "mAP (macro)" in (run / "report.html").read_text()
+
+
+@pytest.mark.slow  # torchrun start-up and two processes: ~25 s; tutorial-cnn: no BatchNorm, whose statistics
+# are per rank
+def test_two_process_ddp_multilabel_run_matches_one_process(tmp_path: Path):
+    from safetensors.torch import load_file
+
+    from tests.utils.test_dist import WEIGHT_ATOL, _imgcls
+
+    manifest = write_multilabel_manifest(tmp_path / "data", n=90, splits=True)
+    args = [
+        "train",
+        "--data",
+        str(manifest),
+        "--model",
+        "tutorial-cnn",
+        "--epochs",
+        "3",
+        "--batch-size",
+        "32",
+    ]
+    args += ["--set", "train.amp=off", "log.progress=false"]
+    _imgcls(*args, "--out", str(tmp_path / "ddp"), nproc=2)
+    _imgcls(*args, "--out", str(tmp_path / "single"))
+    a, b = (load_file(str(tmp_path / run / "model.safetensors")) for run in ("ddp", "single"))
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < WEIGHT_ATOL
+    ea, eb = (json.loads((tmp_path / run / "eval.json").read_text()) for run in ("ddp", "single"))
+    assert ea["num_samples"] == eb["num_samples"] == 15
+    assert abs(ea["map_macro"] - eb["map_macro"]) < 0.01

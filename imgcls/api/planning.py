@@ -37,6 +37,9 @@ DEFAULT_EPOCHS = 4
 MIN_STEPS = 100  # optimizer steps a run with the default epoch count takes at least...
 MAX_AUTO_EPOCHS = 30  # ...within this many epochs
 FINISH_SECONDS = 2.5  # saving, plots and the report after the final evaluation
+MULTILABEL_FINISH_SECONDS = (
+    4.5  # ... with the multi-label report's precision-recall and co-occurrence figures
+)
 SMALLNET_WIDTH = {"short": 8, "medium": 16, "long": 32}
 
 
@@ -70,8 +73,14 @@ def plan_run(cfg: Config, bundle: DataBundle) -> Config:
     tta = cfg.train.tta
     if tta == "auto":  # mirrored test images help only a model that was trained on mirrored images
         tta = "flip" if cfg.data.augment == "crop-flip" else "off"
+    # The task as found (auto resolved): eval on other data reads its labels the way the model was trained.
     return cfg.replace(
-        {"data.image_size": size, "data.channels": resolve_channels(bundle, cfg.data), "train.tta": tta}
+        {
+            "data.image_size": size,
+            "data.channels": resolve_channels(bundle, cfg.data),
+            "train.tta": tta,
+            "data.task": bundle.task,
+        }
     )
 
 
@@ -149,7 +158,8 @@ def time_plan(
     if cfg.train.time is None:
         return Plan(cfg.train.epochs, steps_per_epoch)
     budget = config_lib.parse_duration(cfg.train.time)
-    reserve = estimate_eval_seconds(model, sum(len(s) for s in eval_splits), cfg) + FINISH_SECONDS
+    finish = MULTILABEL_FINISH_SECONDS if model.meta.multilabel else FINISH_SECONDS
+    reserve = estimate_eval_seconds(model, sum(len(s) for s in eval_splits), cfg) + finish
     left = budget - (time.perf_counter() - start) - reserve
     if left <= 0:
         raise config_lib.ConfigError(

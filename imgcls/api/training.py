@@ -103,6 +103,8 @@ def train(
         _save_config(cfg, launch)
     state = new_state(model, cfg, timed=cfg.train.time is not None)
     eval_splits = [s for s in (bundle.val if validate else None, bundle.test) if s is not None]
+    if bundle.multilabel and validate:
+        eval_splits.append(bundle.val)  # once more after training: the pass that tunes the thresholds
     plan = time_plan(cfg, start, model, len(train_loader), eval_splits)
     if resume is not None:
         state.load(run_dir / run_files.STATE)

@@ -31,6 +31,7 @@ ARTIFACTS = (
     run_files.CURVES,
     run_files.report_html("test"),
     run_files.confusion_png("test"),
+    run_files.pr_curves_png("test"),  # multi-label runs
     run_files.eval_json("test"),
     run_files.META,
     run_files.WEIGHTS,
