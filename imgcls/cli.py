@@ -128,6 +128,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         show=not args.json,
         tta=args.tta,
         calibrate=args.calibrate,
+        abstain=args.abstain,
+        ood=args.ood,
     )
     if args.json and _is_rank_zero():
         print(json.dumps(result))
@@ -143,7 +145,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         elif not args.out:
             top = "  ".join(f"{t['label']} {t['probability']:.3f}" for t in pred["top_k"])
             labels = f"[{', '.join(pred['labels'])}]  " if "labels" in pred else ""  # multi-label: the set
-            print(f"{pred['path']}: {labels}{top}")
+            unsure = f"  (I don't know: {pred['abstained']})" if "abstained" in pred else ""
+            print(f"{pred['path']}: {labels}{top}{unsure}")
 
     summary = api.predict(
         args.run_dir,
@@ -242,6 +245,7 @@ OWN = {
         "--lr": ("optim.lr", {"type": _lr, "help": "peak learning rate, or auto (an LR range test picks it)"}),
         "--freeze": ("model.freeze", {"metavar": "auto|none|N|backbone", "help": "fine-tuning: what stays frozen after the head-only phase (backbone: linear probing)"}),
         "--patience": ("train.patience", {"type": int, "help": "stop when validation accuracy has not improved for N epochs"}),
+        "--abstain": ("train.abstain", {"metavar": "0.99|coverage=0.9", "help": "answer \"I don't know\" below a calibrated confidence chosen on the validation split for this precision (or coverage)"}),
         "--task": ("data.task", {"choices": ["auto", "multiclass", "multilabel"], "help": "multilabel: each image has a set of labels (a CSV manifest: 'dog;cat' cells or a row per label); auto: detected from the manifest, said in the log"}),
         "--strict": ("data.strict", {"action": "store_const", "const": True, "help": "unreadable images are an error, not a counted skip"}),
         "--out": ("out", {"help": "run folder (default: runs/<data>-<model>-<time>)"}),
@@ -255,6 +259,8 @@ OWN = {
         "--json": (None, {"action": "store_true", "help": "print the metrics as one JSON object on stdout"}),
         "--tta": (None, {"choices": ["flip", "off"], "help": "evaluate with/without flip TTA (both are reported); kept for the model"}),
         "--calibrate": (None, {"action": "store_true", "help": "fit temperature scaling on the validation split, store it with the model, report ECE before/after"}),
+        "--abstain": (None, {"metavar": "0.99|coverage=0.9", "help": "calibrate, then choose on the validation split the confidence below which the model answers \"I don't know\" (for this precision, or coverage); stored with the model"}),
+        "--ood": (None, {"metavar": "DATA", "help": "images of none of the classes (a folder, manifest or dataset): report the AUROC of telling them apart by confidence"}),
     },
     "report": {"--split": (None, {"choices": ["test", "val"], "default": "test"})},
     "predict": {

@@ -150,6 +150,9 @@ class TrainConfig:
     )
     # multi-label: each label's threshold reaches this precision on the validation split; None: best F1
     threshold_precision: float | None = None
+    # answer "I don't know" below a calibrated confidence chosen on the validation split: "0.99" (or
+    # "precision=0.99": that accuracy on the answered images) or "coverage=0.9" (answer 90% of images)
+    abstain: str | None = None
 
     def validate(self) -> None:
         _check(self.epochs is None or self.epochs >= 1, "train.epochs", "must be >= 1")
@@ -162,6 +165,8 @@ class TrainConfig:
         _check(0 <= self.ema_decay < 1, "train.ema_decay", "must be in [0, 1)")
         _check(self.threads is None or self.threads >= 1, "train.threads", "must be >= 1")
         _check(self.checkpoint_every >= 0, "train.checkpoint_every", "must be >= 0")
+        if self.abstain is not None:
+            parse_abstain(self.abstain)
         _check(
             self.threshold_precision is None or 0 < self.threshold_precision <= 1,
             "train.threshold_precision",
@@ -270,6 +275,26 @@ def parse_duration(text: str) -> float:
     if not seconds > 0:
         raise ConfigError(f"train.time must be positive, not {text!r}")
     return seconds
+
+
+def parse_abstain(text: str) -> tuple[str, float]:
+    """("precision" | "coverage", target) from "0.99", "precision=0.99" or "coverage=0.9".
+
+    Example:
+        >>> parse_abstain("coverage=0.9")
+        ('coverage', 0.9)
+    """
+    kind, _, value = str(text).strip().rpartition("=")
+    kind = kind.strip().lower() or "precision"
+    try:
+        target = float(value)
+    except ValueError:
+        target = -1.0
+    if kind not in ("precision", "coverage") or not 0 < target < 1:
+        raise ConfigError(
+            f"train.abstain must look like 0.99 (a precision), precision=0.99 or coverage=0.9, not {text!r}"
+        )
+    return kind, target
 
 
 def _check(ok: bool, key: str, msg: str) -> None:

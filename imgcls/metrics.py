@@ -140,8 +140,11 @@ def _pair_examples(
     return torch.cat(chosen) if chosen else wrong[:0]
 
 
-def evaluation_report(logits: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> dict[str, Any]:
-    """`classification_report` plus 95% bootstrap intervals, calibration, top confusions and notable samples."""
+def evaluation_report(
+    logits: torch.Tensor, labels: torch.Tensor, classes: list[str], abstain_threshold: float | None = None
+) -> dict[str, Any]:
+    """`classification_report` plus 95% bootstrap intervals, calibration, top confusions, notable samples,
+    the risk-coverage curve and, with `abstain_threshold`, what abstaining below it does."""
     logits, labels = logits.float().cpu(), labels.long().cpu()
     report = classification_report(logits, labels, classes)
     probs = logits.softmax(1)
@@ -152,7 +155,73 @@ def evaluation_report(logits: torch.Tensor, labels: torch.Tensor, classes: list[
     report["ece"] = report["calibration"]["ece"]
     report["top_confusions"] = top_confusions(report["confusion_matrix"], classes)
     report["samples"] = notable_samples(probs, labels)
+    conf, hits = probs.max(1).values, logits.argmax(1) == labels
+    report["risk_coverage"] = risk_coverage(conf, hits)
+    if abstain_threshold is not None:
+        report["abstention"] = abstention_summary(conf, hits, abstain_threshold)
     return report
+
+
+def risk_coverage(conf: torch.Tensor, hits: torch.Tensor, points: int = 50) -> dict[str, Any]:
+    """Answering only the most confident images: error rate (risk) against the share answered (coverage),
+    thinned to about `points` points, and its area (AURC, lower is better).
+
+    Example:
+        >>> risk_coverage(torch.tensor([0.9, 0.8, 0.6]), torch.tensor([True, True, False]))["aurc"]
+        0.111111
+    """
+    order = conf.argsort(descending=True, stable=True)
+    errors = (~hits[order]).float().cumsum(0)
+    n = torch.arange(1, len(order) + 1)
+    risk, coverage = (errors / n).numpy(), (n / max(1, len(order))).numpy()
+    keep = np.unique(np.linspace(0, len(order) - 1, min(points, len(order))).round().astype(int))
+    return {
+        "coverage": [_f(x) for x in coverage[keep]],
+        "risk": [_f(x) for x in risk[keep]],
+        "aurc": _f(risk.mean()) if len(risk) else 0.0,
+    }
+
+
+def abstention_threshold(
+    conf: torch.Tensor, hits: torch.Tensor, precision: float | None = None, coverage: float | None = None
+) -> float:
+    """The confidence below which to abstain, from (validation) confidences and hits: the lowest threshold
+    whose answered images reach `precision` (the most answered at that accuracy; the most confident image
+    alone where none does), or the one answering a `coverage` share. Halfway to the next lower confidence,
+    so no image sits on the boundary.
+
+    Example:
+        >>> abstention_threshold(torch.tensor([0.9, 0.8, 0.6]), torch.tensor([True, True, False]), precision=0.99)
+        0.7000000476837158
+    """
+    order = conf.argsort(descending=True, stable=True)
+    sorted_conf = conf[order].double()
+    if coverage is not None:
+        k = max(1, min(len(order), round(coverage * len(order))))
+    else:
+        accuracy = hits[order].double().cumsum(0) / torch.arange(1, len(order) + 1)
+        reached = torch.nonzero(accuracy >= precision).flatten()
+        k = int(reached[-1]) + 1 if len(reached) else 1
+    return _boundary(float(sorted_conf[k - 1]), float(sorted_conf[k]) if k < len(order) else 0.0)
+
+
+def _boundary(upper: float, lower: float) -> float:
+    """Halfway between two scores, as a float32 value: a client comparing float32 probabilities (numpy,
+    onnxruntime) and one comparing in double precision then decide alike."""
+    return float(np.float32((float(upper) + float(lower)) / 2))
+
+
+def abstention_summary(conf: torch.Tensor, hits: torch.Tensor, threshold: float) -> dict[str, Any]:
+    """Coverage, the accuracy on the images answered, and how many were abstained on, at `threshold`."""
+    answered = conf >= threshold
+    n = int(answered.sum())
+    return {
+        "threshold": threshold,
+        "coverage": _f(answered.float().mean()) if len(conf) else 0.0,
+        "answered": n,
+        "abstained": int(len(conf) - n),
+        "accuracy_answered": _f(hits[answered].float().mean()) if n else None,
+    }
 
 
 def _f(x: Any) -> float:
@@ -202,7 +271,7 @@ def tune_thresholds(
         # Halfway down to the next lower score: no image sits on the boundary, where float noise (another
         # runtime, another batch size) could flip its decision.
         below = scores[:, j][scores[:, j] < t[best]]
-        thresholds.append(float((t[best] + (below.max() if len(below) else 0.0)) / 2))
+        thresholds.append(_boundary(t[best], below.max() if len(below) else 0.0))
     return thresholds
 
 

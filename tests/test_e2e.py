@@ -68,7 +68,7 @@ def test_fashion_mnist_one_epoch_through_the_cli(tmp_path: Path):
     assert "top-1 agreement with PyTorch" in exported and (run / "model.onnx").is_file()
 
 
-SECTIONS = ("headline", "per-class", "confusion", "mistakes", "calibration", "curves")
+SECTIONS = ("headline", "per-class", "confusion", "mistakes", "calibration", "abstention", "curves")
 
 
 def assert_report_renders_in_chromium(

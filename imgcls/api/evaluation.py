@@ -13,19 +13,20 @@ from typing import Any
 import numpy as np
 import torch
 
+from imgcls.api import decisions
 from imgcls.api.runs import run_config
 from imgcls.config import Config, ConfigError, DataConfig
 from imgcls.data.datasets import open_dataset
 from imgcls.data.decode import ImageDecodeError, open_image
 from imgcls.data.loader import build_loader, prepare
 from imgcls.data.transforms import to_square
-from imgcls.data.types import DataError, Split
+from imgcls.data.types import DataBundle, DataError, Split
 from imgcls.engine.calibrate import fit_temperature
 from imgcls.engine.evaluate import predict_split
 from imgcls.inference import explain
 from imgcls.inference.predict import Predictor
 from imgcls.metrics import calibration, evaluation_report, mean_average_precision, multilabel_report
-from imgcls.models import Classifier
+from imgcls.models import Classifier, ModelMeta
 from imgcls.models.checkpoint import update_meta
 from imgcls.reporting import (
     markdown_summary,
@@ -52,13 +53,18 @@ def evaluate(
     show: bool = True,
     tta: str | None = None,
     calibrate: bool = False,
+    abstain: str | None = None,
+    ood: str | None = None,
 ) -> dict[str, Any]:
     """Evaluates a run's best model on a split of `data` (default: the data it was trained on).
 
     Writes eval.json (test split) or eval-<split>.json, report.md, report.html and the confusion-matrix
     PNG into the run folder. `tta="flip"|"off"` evaluates with/without mirrored test-time augmentation and
     reports both; `calibrate` fits temperature scaling on the validation split, stores the temperature
-    with the model (model.json) and reports the calibration error before and after.
+    with the model (model.json) and reports the calibration error before and after. `abstain` ("0.99",
+    "precision=0.99" or "coverage=0.9") calibrates too, then chooses on the validation split the confidence
+    below which the model answers "I don't know", and stores it. `ood` (a folder, manifest or dataset of
+    images of none of the classes) adds the AUROC of telling them from the split's images by confidence.
     Under torchrun each process evaluates a contiguous shard and rank 0 writes the gathered result.
 
     Example:
@@ -91,11 +97,29 @@ def evaluate(
     if tta is not None:  # both ways, so the report shows what the augmentation is worth
         extra["tta"] = _tta_accuracies(predictor, lambda: logits_of(split))
         meta.tta = tta
-    if calibrate:
+    if abstain is not None and meta.multilabel:
+        raise ConfigError(
+            "--abstain is for single-label models; a multi-label model's thresholds decide each label"
+        )
+    if calibrate or abstain is not None:
         meta.temperature = 1.0  # the logits to fit on are the raw ones
-        extra |= _calibrate(predictor, logits_of("val"), logits_of(split))
-    if dist.is_main() and (calibrate or tta is not None):
-        update_meta(run_dir, {"tta": meta.tta, **({"temperature": meta.temperature} if calibrate else {})})
+        val = logits_of("val")
+        extra |= _calibrate(predictor, val, logits_of(split))
+        if abstain is not None:
+            decisions.choose_abstention(meta, val[0] / meta.temperature, val[1], abstain)
+    if dist.is_main() and (calibrate or tta is not None or abstain is not None):
+        update_meta(
+            run_dir,
+            {k: getattr(meta, k) for k in ("tta", "temperature", "abstain_threshold", "abstain_rule")},
+        )
+    evaluated = logits_of(split)
+    if ood is not None:
+        extra["ood"] = decisions.out_of_distribution(
+            meta,
+            ood,
+            evaluated[0],
+            lambda split: _logits(predictor, _prepared(split, data_cfg, meta), data_cfg, cfg)[0],
+        )
     result = evaluate_and_write(
         predictor.model,
         None,
@@ -104,7 +128,7 @@ def evaluate(
         split,
         cfg,
         data=bundle.split(split),
-        logits_labels=logits_of(split),
+        logits_labels=evaluated,
         extra=extra,
     )
     if show and dist.is_main():
@@ -127,6 +151,12 @@ def _logits(
         world=dist.world_size(),
     )
     return predict_split(predictor.model, loader, amp_dtype=autocast_dtype(predictor.device, cfg.train.amp))
+
+
+def _prepared(split: Split, data_cfg: DataConfig, meta: ModelMeta) -> Split:
+    """A split of files decoded (where they fit in RAM) at the model's size; unreadable files skipped."""
+    bundle = DataBundle("images", ["?"], split)
+    return prepare(bundle, replace(data_cfg, strict=False), meta.input_size, meta.in_chans).train
 
 
 def _tta_accuracies(predictor: Predictor, logits_labels) -> dict[str, float]:
@@ -192,7 +222,7 @@ def evaluate_and_write(
         thresholds = meta.thresholds or [0.5] * meta.num_classes
         result |= multilabel_report(meta.probabilities(logits), labels, classes, thresholds)
     else:
-        result |= evaluation_report(logits, labels, classes)
+        result |= evaluation_report(logits, labels, classes, meta.abstain_threshold)
     result |= extra or {}
     if not dist.is_main():
         return result

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from imgcls import config as config_lib
+from imgcls.api import decisions
 from imgcls.api.evaluation import evaluate_and_write
 from imgcls.api.planning import make_config, plan_run, time_plan
 from imgcls.api.runs import resolve_config, shared_run_dir, stem
@@ -22,13 +23,11 @@ from imgcls.data.loader import build_loader, channel_stats, class_weights, prepa
 from imgcls.data.types import DataBundle, DataError
 from imgcls.engine import tracking
 from imgcls.engine.callbacks import CSVLogger, EarlyStopping, ProgressLogger, TensorBoardLogger, Unfreeze
-from imgcls.engine.evaluate import predict_split
 from imgcls.engine.lr_find import lr_range_test
 from imgcls.engine.state import TrainState
 from imgcls.engine.train import Plan, fit, head_phase, new_state
-from imgcls.metrics import tune_thresholds
 from imgcls.models import Classifier, build_model
-from imgcls.models.checkpoint import load_weights, update_meta
+from imgcls.models.checkpoint import load_weights
 from imgcls.models.transfer import NUM_GROUPS
 from imgcls.reporting import data_report_text, plot_curves, plot_lr_find
 from imgcls.utils import dist, run_files
@@ -80,6 +79,7 @@ def train(
     start = time.perf_counter() - (process_age() if count_startup else 0.0)
     cfg = resolve_config(cfg, config, resume, overrides, shorthands)
     cfg, device, bundle, model = model_and_data(cfg)
+    decisions.check(cfg, bundle)
     launch = launch_record(cfg)
     store = tracking.open_store(Path(cfg.out) if resume else None) if _tracks(cfg) else None
     # The folder is made once the data and model are known good: a failed start leaves none behind.
@@ -94,17 +94,16 @@ def train(
     )
     # A time-budgeted run validates once at its end; with a test split that pass selects nothing: skip it
     # (multi-label runs keep it: it tunes the thresholds).
-    validate = bundle.val is not None and (
-        bundle.multilabel or not (cfg.train.time and bundle.test is not None)
-    )
+    tunes = bundle.multilabel or cfg.train.abstain is not None  # a pass over val after training chooses
+    validate = bundle.val is not None and (tunes or not (cfg.train.time and bundle.test is not None))
     val_loader = build_loader(bundle.val, cfg.data, train=False, **loader_args) if validate else None
     if cfg.optim.lr == "auto":  # the one setting decided by training itself: saved again once known
         cfg = cfg.replace({"optim.lr": _find_lr(cfg, model, train_loader, run_dir)})
         _save_config(cfg, launch)
     state = new_state(model, cfg, timed=cfg.train.time is not None)
     eval_splits = [s for s in (bundle.val if validate else None, bundle.test) if s is not None]
-    if bundle.multilabel and validate:
-        eval_splits.append(bundle.val)  # once more after training: the pass that tunes the thresholds
+    if tunes and validate:
+        eval_splits.append(bundle.val)  # once more after training: the pass that tunes thresholds
     plan = time_plan(cfg, start, model, len(train_loader), eval_splits)
     if resume is not None:
         state.load(run_dir / run_files.STATE)
@@ -114,8 +113,9 @@ def train(
     callbacks = [*recipe_callbacks(cfg), *([tracker] if tracker else []), *callbacks]
     try:
         state = _fit_logged(cfg, state, plan, train_loader, val_loader, callbacks, weights)
-        if bundle.multilabel:
-            _tune_thresholds(cfg, model, val_loader)
+        if bundle.multilabel or cfg.train.abstain is not None:
+            _load_best(model, Path(cfg.out))
+            decisions.tune(cfg, model, val_loader)
         test = _test(cfg, model, bundle, loader_args) if bundle.test is not None else None
     except BaseException as e:
         if tracker:
@@ -137,27 +137,6 @@ def _load_best(model: Classifier, run_dir: Path) -> None:
     if dist.is_main():
         load_weights(model, run_dir / run_files.WEIGHTS)
     dist.broadcast_module(model)  # other ranks (maybe on other machines) get rank 0's weights
-
-
-def _tune_thresholds(cfg: Config, model: Classifier, val_loader) -> None:
-    """Multi-label: each label's threshold from the best checkpoint's validation probabilities (best F1, or
-    train.threshold_precision), kept in model.json for eval, predict, serve and export."""
-    _load_best(model, Path(cfg.out))
-    if val_loader is None:
-        log.warning("no validation split to tune the labels' thresholds on: each label's threshold is 0.5")
-        thresholds = [0.5] * model.meta.num_classes
-    else:
-        amp_dtype = autocast_dtype(next(model.parameters()).device, cfg.train.amp)
-        logits, labels = predict_split(
-            model, val_loader, amp_dtype=amp_dtype, channels_last=cfg.train.channels_last
-        )
-        thresholds = tune_thresholds(logits.sigmoid(), labels, cfg.train.threshold_precision)
-        goal = f"precision {cfg.train.threshold_precision}" if cfg.train.threshold_precision else "best F1"
-        shown = ", ".join(f"{c} {t:.3f}" for c, t in zip(model.meta.classes[:12], thresholds))
-        log.info("label thresholds (%s on %d validation images): %s", goal, len(labels), shown)
-    model.meta.thresholds = thresholds
-    if dist.is_main():
-        update_meta(cfg.out, {"thresholds": thresholds})
 
 
 def _test(cfg: Config, model: Classifier, bundle: DataBundle, loader_args: dict[str, Any]) -> dict[str, Any]:

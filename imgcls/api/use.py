@@ -55,8 +55,9 @@ def predict(
     `backend`: torch (the run folder), or onnx/torchscript (its exported artifact, or an artifact path).
     Writes `out` (.csv or .jsonl) as it goes; calls `on_prediction(pred)` per image (the CLI prints);
     returns counts, the skipped files and, where true labels are known (class folders, a CSV label
-    column), the accuracy. `explain`: a folder that gets one PNG per image, the class-activation map of
-    the predicted class over the square the model saw (its path is in each prediction as "explanation").
+    column), the accuracy (of the images answered, where the model abstains: "abstained" counts the rest).
+    `explain`: a folder that gets one PNG per image, the class-activation map of the predicted class over
+    the square the model saw (its path is in each prediction as "explanation").
 
     Example:
         >>> imgcls.predict("runs/my-run", ["photos/"], out="predictions.csv")["count"]   # doctest: +SKIP
@@ -67,8 +68,9 @@ def predict(
         inputs, meta.classes, meta.label_sep if meta.multilabel else None
     )
     overlays = OverlayWriter(predictor, explain, explain_method) if explain else None  # fails early
-    writer = PredictionWriter(out, meta.multilabel, meta.label_sep) if out else None
-    count = correct = labelled = 0
+    abstains = meta.abstain_threshold is not None
+    writer = PredictionWriter(out, meta.multilabel, meta.label_sep, abstains) if out else None
+    count = correct = labelled = abstained = 0
     try:
         with progress_bar(len(files), "predicting") as advance:
             for preds, bad in predictor.predict_stream(files, top_k=top_k, batch_size=batch_size):
@@ -82,7 +84,8 @@ def predict(
                     if on_prediction:
                         on_prediction(pred)
                     count += 1
-                    if truth is not None:
+                    abstained += "abstained" in pred
+                    if truth is not None and "abstained" not in pred:
                         labelled += 1
                         correct += _is_right(pred, truth, meta)
                 advance(len(preds) + len(bad))
@@ -92,6 +95,9 @@ def predict(
     if skipped:
         log.warning("skipped %d path(s):\n%s", len(skipped), "\n".join(f"  {p}: {why}" for p, why in skipped))
     summary = {"count": count, "skipped": skipped, "labelled": labelled}
+    if meta.abstain_threshold is not None:
+        summary["abstained"] = abstained
+        log.info("abstained on %d of %d images (%s)", abstained, count, meta.abstain_rule)
     if labelled:
         name = "exact_match" if meta.multilabel else "accuracy"
         summary[name] = round(correct / labelled, 6)

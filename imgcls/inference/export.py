@@ -151,6 +151,11 @@ def metadata(model: Classifier, layout: str) -> dict[str, str]:
         "output": "probabilities (N, classes)",
     }
     tags = {}
+    if meta.abstain_threshold is not None:
+        spec["abstain"] = (
+            f"answer no class when the top probability is below abstain_threshold ({meta.abstain_rule})"
+        )
+        tags = {"abstain_threshold": json.dumps(meta.abstain_threshold)}
     if meta.multilabel:
         spec["output"] = (
             "probabilities (N, labels), one sigmoid per label: a label is present at p >= its threshold"
@@ -296,7 +301,8 @@ def _numpy(images):
 
 @torch.inference_mode()
 def parity(model: Classifier, run, images: Sequence[torch.Tensor], layout: str) -> tuple[float, float]:
-    """Top-1 agreement (multi-label: identical label sets at the model's thresholds) and the largest
+    """Top-1 agreement (with abstention: the same class or the same "I don't know"; multi-label: identical
+    label sets at the model's thresholds) and the largest
     probability difference between `imgcls predict`'s PyTorch path (squared in Python, then the model) and
     the artifact fed each raw image as it is."""
     meta = model.meta
@@ -308,6 +314,6 @@ def parity(model: Classifier, run, images: Sequence[torch.Tensor], layout: str) 
         if meta.multilabel:
             agree += int((meta.label_sets(expected) == meta.label_sets(got)).all(1).sum())
         else:
-            agree += int((expected.argmax(1) == got.argmax(1)).sum())
+            agree += int((meta.answers(expected) == meta.answers(got)).sum())  # abstentions included
         diff = max(diff, float((expected - got).abs().max()))
     return agree / max(1, len(images)), diff

@@ -163,7 +163,7 @@ class Predictor:
         for n, (vals, idxs) in enumerate(zip(values.tolist(), indices.tolist())):
             top = [{"label": self._name(i), "probability": round(v, 6)} for v, i in zip(vals, idxs)]
             if chosen is None:
-                out.append({"label": top[0]["label"], "probability": top[0]["probability"], "top_k": top})
+                out.append(self._answer(top, vals[0]))
                 continue
             present = sorted((i for i, yes in enumerate(chosen[n]) if yes), key=lambda i: -float(probs[n, i]))
             labels = [self._name(i) for i in present]
@@ -175,6 +175,15 @@ class Predictor:
                 }
             )
         return out
+
+    def _answer(self, top: list[dict[str, Any]], confidence: float) -> dict[str, Any]:
+        """The best class, or with an abstention threshold above the confidence, "I don't know" (label None)
+        with the reason."""
+        threshold = self.meta.abstain_threshold
+        if threshold is None or confidence >= threshold:
+            return {"label": top[0]["label"], "probability": top[0]["probability"], "top_k": top}
+        why = f"top probability {confidence:.3f} is below {threshold:.3f} ({self.meta.abstain_rule or 'the threshold'})"
+        return {"label": None, "probability": top[0]["probability"], "abstained": why, "top_k": top}
 
     def predict_stream(
         self, paths: Sequence[Path], top_k: int = 5, batch_size: int = 256, workers: int | None = None
@@ -358,11 +367,15 @@ def inputs_with_labels(
 class PredictionWriter:
     """Predictions to `.csv` (path, label, probability, top_k as label:prob;..., true_label) or `.jsonl`.
 
+    A model that abstains adds an `abstained` column (the reason; the label is then empty).
+
     Multi-label CSV: path, labels (joined by the manifest's separator), probabilities, top_k, true_labels.
     """
 
-    def __init__(self, path: str | Path, multilabel: bool = False, label_sep: str = ";") -> None:
-        self.multilabel, self.sep = multilabel, label_sep
+    def __init__(
+        self, path: str | Path, multilabel: bool = False, label_sep: str = ";", abstains: bool = False
+    ) -> None:
+        self.multilabel, self.sep, self.abstains = multilabel, label_sep, abstains
         self.path = Path(path)
         if self.path.suffix.lower() not in (".csv", ".jsonl"):
             raise ConfigError(f"--out must end in .csv or .jsonl, not {self.path.name!r}")
@@ -374,7 +387,7 @@ class PredictionWriter:
             header = ["path", "label", "probability", "top_k", "true_label"]
             if multilabel:
                 header = ["path", "labels", "probabilities", "top_k", "true_labels"]
-            self.csv.writerow(header)
+            self.csv.writerow(header + (["abstained"] if abstains else []))
 
     def write(self, pred: dict[str, Any], true_label: str | None) -> None:
         if self.csv:
@@ -383,8 +396,8 @@ class PredictionWriter:
                 probs = ";".join(map(str, pred["probabilities"]))
                 row = [pred["path"], self.sep.join(pred["labels"]), probs, top, true_label or ""]
             else:
-                row = [pred["path"], pred["label"], pred["probability"], top, true_label or ""]
-            self.csv.writerow(row)
+                row = [pred["path"], pred["label"] or "", pred["probability"], top, true_label or ""]
+            self.csv.writerow(row + ([pred.get("abstained", "")] if self.abstains else []))
         else:
             self.file.write(json.dumps({**pred, **({"true_label": true_label} if true_label else {})}) + "\n")
 

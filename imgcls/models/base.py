@@ -46,6 +46,8 @@ class ModelMeta:
     task: str = "multiclass"  # or "multilabel": independent (sigmoid) probabilities, one per label
     thresholds: list[float] = field(default_factory=list)  # multilabel: a label is present at p >= its own
     label_sep: str = ";"  # multilabel: how a label set is written in one CSV cell (as the manifest had it)
+    abstain_threshold: float | None = None  # below this (calibrated) top probability: "I don't know"
+    abstain_rule: str = ""  # how the threshold was chosen, e.g. "precision 0.99 on the validation split"
 
     @property
     def multilabel(self) -> bool:
@@ -54,6 +56,13 @@ class ModelMeta:
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         """Softmax over classes, or for multi-label a sigmoid per label."""
         return logits.sigmoid() if self.multilabel else logits.softmax(1)
+
+    def answers(self, probs: torch.Tensor) -> torch.Tensor:
+        """Single-label decisions: each image's class index, or -1 where the model abstains."""
+        confidence, index = probs.max(1)
+        if self.abstain_threshold is None:
+            return index
+        return torch.where(confidence >= self.abstain_threshold, index, -1)
 
     def label_sets(self, probs: torch.Tensor) -> torch.Tensor:
         """Multi-label decisions (N, labels) as booleans: each probability against its label's threshold."""

@@ -100,6 +100,32 @@ def print_table(result: dict[str, Any], title: str) -> None:
     console.print(table)
     top5 = f"   top-5 {result['top5_accuracy']:.4f}" if "top5_accuracy" in result else ""
     console.print(f"accuracy {result['accuracy']:.4f}{top5}   ({result['num_samples']} images)")
+    if "abstention" in result:
+        console.print(abstention_text(result["abstention"]))
+
+
+def abstention_text(a: dict[str, Any]) -> str:
+    accuracy = f"{a['accuracy_answered']:.4f}" if a["accuracy_answered"] is not None else "n/a"
+    total = a["answered"] + a["abstained"]
+    return (
+        f"abstained on {a['abstained']} of {total} images (confidence below {a['threshold']:.4f}); "
+        f"the {_pct(a['coverage'])} answered have accuracy {accuracy}"
+    )
+
+
+def _risk_coverage_figure(curve: dict[str, Any], abstention: dict[str, Any] | None):
+    """Error rate of the answered images against the share answered, most confident first."""
+    fig, ax = plt.subplots(figsize=(5, 4))
+    ax.plot(curve["coverage"], curve["risk"], label=f"AURC {curve['aurc']:.4f}")
+    if abstention:
+        risk = 1 - (abstention["accuracy_answered"] or 0)
+        ax.plot([abstention["coverage"]], [risk], "o", color="tab:red", label="the abstention threshold")
+    ax.set(xlabel="coverage (share answered)", ylabel="risk (error rate of the answered)", xlim=(0, 1))
+    ax.set_title("Risk-coverage")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return fig
 
 
 def data_report_text(report: dict[str, Any], limit: int = 5) -> str:
@@ -262,6 +288,13 @@ def render_html(result: dict[str, Any], history: list[dict[str, float]]) -> str:
         calibration_text=" ".join(f"ECE {name}: {c['ece']:.4f}." for name, c in cals.items()),
         reliability_uri=_figure_uri(_reliability_figure(cals)),
         curves_uri=_figure_uri(_curves_figure(history)) if history else None,
+        risk_coverage_uri=_figure_uri(
+            _risk_coverage_figure(result["risk_coverage"], result.get("abstention"))
+        )
+        if "risk_coverage" in result
+        else None,
+        abstention=result.get("abstention") and abstention_text(result["abstention"]),
+        ood=result.get("ood"),
         tta=tta
         and {
             "off": _pct(tta["off"]),
