@@ -12,5 +12,6 @@ API = (
     "lr_find",
     "check_data",
     "pack_data",
+    "manifest_data",
     "make_config",
 )

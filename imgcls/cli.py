@@ -109,6 +109,16 @@ def cmd_data_pack(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_manifest(args: argparse.Namespace) -> int:
+    from imgcls import api
+
+    r = api.manifest_data(args.folder, out=args.out)
+    print(
+        f"{r['manifest']}: {r['rows']} images of {len(r['by_class'])} classes; train: imgcls train --data {r['manifest']}"
+    )
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from imgcls import api
 
@@ -159,6 +169,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         backend=args.backend,
         explain=args.explain,
         explain_method=args.explain_method,
+        sort_into=args.sort_into,
+        accept=args.accept,
     )
     if args.out:
         print(
@@ -168,6 +180,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 for key in ("accuracy", "exact_match")
                 if key in summary
             )
+        )
+    if "sorting" in summary:
+        s = summary["sorting"]
+        right = f" ({s['sorted_accuracy']:.2%} of the labelled ones right)" if "sorted_accuracy" in s else ""
+        print(
+            f"sorted {s['sorted']} image(s) into {args.sort_into}/<class>/{right}, {s['review']} to review in "
+            f"{args.sort_into}/_review/; page: {s['page']}"
         )
     return 0 if summary["count"] else 1
 
@@ -271,6 +290,8 @@ OWN = {
         "--top-k": (None, {"type": int, "default": 5}),
         "--json": (None, {"action": "store_true", "help": "one JSON object per line on stdout"}),
         "--explain": (None, {"metavar": "OUT_DIR", "help": "also write each image's class-activation map (predicted class) as OUT_DIR/<name>.cam.png; needs imgcls[explain]"}),
+        "--sort-into": (None, {"metavar": "OUT", "help": "also place each image in OUT/<class>/ when the model is confident, else in OUT/_review/ (hard links or copies; inputs never move), with OUT/review.html"}),
+        "--accept": (None, {"type": float, "metavar": "P", "help": "--sort-into: the top probability that sorts an image into its class (default: the model's abstention threshold, else 0.9)"}),
         "--explain-method": (None, {"choices": ["gradcam++", "gradcam", "gradcam-elementwise", "hirescam", "layercam", "eigencam"], "default": "gradcam++"}),
     },
     "lr-find": {"--out": (None, {"help": "folder for lr_find.png/json (default: runs/lr-find-<data>-<model>-<time>)"})},
@@ -280,6 +301,10 @@ OWN = {
         "--no-near": (None, {"action": "store_true", "help": "skip the near-duplicate search"}),
         "--html": (None, {"metavar": "FILE", "help": "also write a page with thumbnails of every named image"}),
         "--set": (None, {"nargs": "+", "action": "extend", "default": [], "metavar": "KEY=VALUE", "help": "data.* settings, e.g. data.test_split=0.2"}),
+    },
+    "data manifest": {
+        "folder": (None, {"metavar": "FOLDER"}),
+        "--out": (None, {"metavar": "FILE", "help": "the manifest (default FOLDER/labels.csv; in FOLDER or above)"}),
     },
     "data pack": {
         "data": (None, {"metavar": "DATA"}),
@@ -321,6 +346,9 @@ COMMANDS = {
     "data pack": (cmd_data_pack, (), "write any dataset imgcls reads as WebDataset tar shards (needs imgcls[wds])",
                   "Write the splits of a folder, CSV, built-in or Hugging Face dataset as OUT/<split>-NNNNNN.tar shards "
                   "(image + .cls per sample, files' bytes unchanged) and OUT/classes.json; train on them with --data OUT."),
+    "data manifest": (cmd_data_manifest, (), "write a training manifest of a folder of class folders (after a --sort-into review)",
+                      "List every image in FOLDER/<class>/ (not _review/) as path,label in a CSV manifest that "
+                      "`imgcls train --data` takes: the labels confirmed in review, back into training."),
     "export": (cmd_export, ("run_dir",), "export a run's model (ONNX or TorchScript) with its preprocessing, and check it against PyTorch",
                "Write an artifact that takes raw uint8 images and returns probabilities (resize, scaling, normalization, "
                "TTA and temperature inside), with class names and the input spec in its metadata; then check it against "

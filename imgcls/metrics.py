@@ -186,21 +186,29 @@ def abstention_threshold(
     conf: torch.Tensor, hits: torch.Tensor, precision: float | None = None, coverage: float | None = None
 ) -> float:
     """The confidence below which to abstain, from (validation) confidences and hits: the lowest threshold
-    whose answered images reach `precision` (the most answered at that accuracy; the most confident image
-    alone where none does), or the one answering a `coverage` share. Halfway to the next lower confidence,
-    so no image sits on the boundary.
+    at which the answered images' accuracy is at least `precision` with 95% confidence (the one-sided
+    Clopper-Pearson lower bound: a threshold fitted to the validation sample's luck would miss the target on
+    new images about half the time), so the most images answered; the most confident image alone where
+    no threshold qualifies. Or the threshold answering a `coverage` share. Halfway to the next lower
+    confidence, so no image sits on the boundary.
 
     Example:
-        >>> abstention_threshold(torch.tensor([0.9, 0.8, 0.6]), torch.tensor([True, True, False]), precision=0.99)
-        0.7000000476837158
+        >>> conf = torch.linspace(1, 0, 1000)
+        >>> hits = torch.arange(1000) < 600                            # the 600 most confident are right
+        >>> round(abstention_threshold(conf, hits, precision=0.99), 3)  # answers the 601 most confident
+        0.399
     """
+    from scipy.stats import beta
+
     order = conf.argsort(descending=True, stable=True)
     sorted_conf = conf[order].double()
     if coverage is not None:
         k = max(1, min(len(order), round(coverage * len(order))))
     else:
-        accuracy = hits[order].double().cumsum(0) / torch.arange(1, len(order) + 1)
-        reached = torch.nonzero(accuracy >= precision).flatten()
+        right = hits[order].double().cumsum(0).numpy()
+        answered = np.arange(1, len(order) + 1)
+        lower = np.nan_to_num(beta.ppf(0.05, right, answered - right + 1))  # no hit yet: bound 0
+        reached = np.flatnonzero(lower >= precision)
         k = int(reached[-1]) + 1 if len(reached) else 1
     return _boundary(float(sorted_conf[k - 1]), float(sorted_conf[k]) if k < len(order) else 0.0)
 

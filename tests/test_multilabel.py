@@ -30,7 +30,7 @@ def ml_run(tmp_path_factory) -> tuple[Path, Path]:
     """A smallnet trained on 120 images with 0-3 labels each (train/val/test from the manifest's split column)."""
     root = tmp_path_factory.mktemp("multilabel")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("IMGCLS_DATA", str(root / "cache"))
+        mp.setenv("IMGCLS_DATA", str(tmp_path_factory.getbasetemp() / "imgcls-data"))  # as every test has it
         manifest = write_multilabel_manifest(root / "data", n=120, splits=True)
         imgcls.train(data=str(manifest), model="smallnet", epochs=6, out=root / "run", overrides=FAST)
     return root / "run", manifest

@@ -2,12 +2,14 @@
 
 - training: train, lr_find              - evaluation: evaluate, report
 - use: load, predict, export, serve     - data_check: check_data; data_pack: pack_data
+- data_manifest: manifest_data (class folders after a review, as a training manifest)
 - planning: make_config and the one planning step (recipe, sizes, epochs, time)
 - runs: run folders
 """
 
 from imgcls._public import API
 from imgcls.api.data_check import check_data as check_data
+from imgcls.api.data_manifest import manifest_data as manifest_data
 from imgcls.api.data_pack import pack_data as pack_data
 from imgcls.api.evaluation import evaluate as evaluate
 from imgcls.api.evaluation import report as report

@@ -20,12 +20,17 @@ from imgcls.inference.explain import DEFAULT_METHOD, overlay
 from imgcls.inference.export import ExportResult, quantize_int8
 from imgcls.inference.export import export as export_model
 from imgcls.inference.predict import ArtifactPredictor, PredictionWriter, Predictor, inputs_with_labels
+from imgcls.inference.sorting import Sorter
 from imgcls.models import ModelMeta
 from imgcls.models.checkpoint import CheckpointError
+from imgcls.reporting import thumbnail_uri
 from imgcls.utils import run_files
 from imgcls.utils.progress import progress_bar
 
 log = logging.getLogger("imgcls")
+DEFAULT_ACCEPT = (
+    0.9  # --sort-into: the top probability that sorts an image, where the model has no abstention
+)
 
 
 def load(run_dir: str | Path, device: str = "auto") -> Predictor:
@@ -49,6 +54,8 @@ def predict(
     backend: str = "torch",
     explain: str | Path | None = None,
     explain_method: str = DEFAULT_METHOD,
+    sort_into: str | Path | None = None,
+    accept: float | None = None,
 ) -> dict[str, Any]:
     """Classifies files, folders (recursive), globs and CSV manifests in batches (decoding in threads).
 
@@ -57,7 +64,10 @@ def predict(
     returns counts, the skipped files and, where true labels are known (class folders, a CSV label
     column), the accuracy (of the images answered, where the model abstains: "abstained" counts the rest).
     `explain`: a folder that gets one PNG per image, the class-activation map of the predicted class over
-    the square the model saw (its path is in each prediction as "explanation").
+    the square the model saw (its path is in each prediction as "explanation"). `sort_into`: a folder that
+    gets each image (hard-linked, else copied) in `<class>/` when the model is confident (top probability
+    at least `accept`; default: the model's abstention threshold, else 0.9) and in `_review/` otherwise,
+    with `review.html` listing the review queue most uncertain first; "sorting" in the result counts them.
 
     Example:
         >>> imgcls.predict("runs/my-run", ["photos/"], out="predictions.csv")["count"]   # doctest: +SKIP
@@ -68,9 +78,11 @@ def predict(
         inputs, meta.classes, meta.label_sep if meta.multilabel else None
     )
     overlays = OverlayWriter(predictor, explain, explain_method) if explain else None  # fails early
+    sorter = _sorter(sort_into, accept, meta)
     abstains = meta.abstain_threshold is not None
     writer = PredictionWriter(out, meta.multilabel, meta.label_sep, abstains) if out else None
     count = correct = labelled = abstained = 0
+    sorted_right: list[bool] = []  # labelled images sorted into a class folder: was it the right one
     try:
         with progress_bar(len(files), "predicting") as advance:
             for preds, bad in predictor.predict_stream(files, top_k=top_k, batch_size=batch_size):
@@ -85,6 +97,10 @@ def predict(
                         on_prediction(pred)
                     count += 1
                     abstained += "abstained" in pred
+                    if sorter:
+                        sorter.add(pred)
+                        if truth is not None and not pred["to_review"]:
+                            sorted_right.append(pred["label"] == truth)
                     if truth is not None and "abstained" not in pred:
                         labelled += 1
                         correct += _is_right(pred, truth, meta)
@@ -98,11 +114,44 @@ def predict(
     if meta.abstain_threshold is not None:
         summary["abstained"] = abstained
         log.info("abstained on %d of %d images (%s)", abstained, count, meta.abstain_rule)
+    if sorter:
+        summary["sorting"] = _finish_sorting(sorter, sorted_right, meta)
     if labelled:
         name = "exact_match" if meta.multilabel else "accuracy"
         summary[name] = round(correct / labelled, 6)
         log.info("%s %.4f on %d labelled images", name.replace("_", " "), summary[name], labelled)
     return summary
+
+
+def _sorter(out: str | Path | None, accept: float | None, meta: ModelMeta) -> Sorter | None:
+    if out is None:
+        return None
+    if meta.multilabel:
+        raise config_lib.ConfigError(
+            "--sort-into sorts images into one class folder each: not for multi-label models"
+        )
+    if accept is None:
+        accept = meta.abstain_threshold if meta.abstain_threshold is not None else DEFAULT_ACCEPT
+        log.info("sorting: images with a top probability of at least %.4f go to their class folder", accept)
+    elif not 0 <= accept <= 1:
+        raise config_lib.ConfigError(f"--accept must be a probability in [0, 1], not {accept}")
+    return Sorter(out, accept)
+
+
+def _finish_sorting(sorter: Sorter, sorted_right: list[bool], meta: ModelMeta) -> dict[str, Any]:
+    result = sorter.finish(lambda pixels: thumbnail_uri(pixels, side=96), meta.in_chans)
+    if sorted_right:
+        result["sorted_accuracy"] = round(sum(sorted_right) / len(sorted_right), 6)
+        result["sorted_labelled"] = len(sorted_right)
+    log.info(
+        "sorted %d image(s) into class folders of %s, %d to review (%s)%s",
+        result["sorted"],
+        sorter.out,
+        result["review"],
+        result["page"],
+        f"; {result['kept']} already there" if result["kept"] else "",
+    )
+    return result
 
 
 def _is_right(pred: dict[str, Any], truth: str, meta: ModelMeta) -> bool:

@@ -328,7 +328,7 @@ def inputs_with_labels(
     inputs: Sequence[str | Path], classes: Sequence[str], multilabel_sep: str | None = None
 ) -> tuple[list[Path], dict[Path, str], list[tuple[str, str]]]:
     """Files to predict and the true labels known for them: a CSV manifest's label column, or the class
-    folder a file sits in (when every file of a folder input sits in a folder named like a class).
+    folder a file sits in, as training reads folders (when every file of a folder input has a class).
 
     Multi-label (`multilabel_sep` given): a manifest's rows of one file join into one label set (written
     with the separator), an empty label cell is the empty set, and each file is predicted once.
@@ -354,14 +354,19 @@ def inputs_with_labels(
         found, lost = expand_paths([item])
         files += found
         missing += lost
-        if (
-            multilabel_sep is None
-            and path.is_dir()
-            and found
-            and all(class_name(f.parent) in known for f in found)
-        ):
-            labels |= {f: class_name(f.parent) for f in found}
+        if multilabel_sep is None and path.is_dir() and found:
+            named = {f: _folder_class(f, path) for f in found}
+            if set(named.values()) <= known:
+                labels |= named
     return files, labels, missing
+
+
+def _folder_class(file: Path, root: Path) -> str:
+    """A file's class as training reads a class-folder tree: the folder right under `root` (files nested
+    deeper belong to it too: Fashion-MNIST's "T-shirt/top" is T-shirt/top/), or `root` itself for a file
+    directly in it."""
+    relative = file.relative_to(root)
+    return class_name(root / relative.parts[0]) if len(relative.parts) > 1 else class_name(root)
 
 
 class PredictionWriter:
