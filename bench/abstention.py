@@ -90,7 +90,7 @@ def review_round(root: Path, classes: list[str]) -> dict:
     # Files are named by their index in the test set: a name says the image's true class.
     # (The class folder is the first part below the split: "T-shirt/top" is the folder T-shirt/ holding top/.)
     truth = {p.name: p.relative_to(base).parts[0] for base in (known, unknown) for p in base.rglob("*.png")}
-    known_names = {classes[c] for c in KNOWN}
+    known_names = {classes[c].split("/")[0] for c in KNOWN}  # as folders: "T-shirt/top" is T-shirt/
     out = root / "sorted"
     summary = imgcls.predict(root / "run-0.99", [known, unknown], sort_into=out)["sorting"]
     placed = {p.name: p.parent.name for p in out.rglob("*.png") if p.parent.name != "_review"}

@@ -293,7 +293,9 @@ def _write_reports(result: dict[str, Any], classes: list[str], run_dir: Path, sp
     if result.get("task") == "multilabel":
         multilabel.plot_pr_curves(result, run_dir / run_files.pr_curves_png(split))
         write_text(run_dir / run_files.report_md(split), multilabel.markdown_summary(result, title, split))
-        write_text(run_dir / run_files.report_html(split), render_report(result, _history(run_dir)))
+        write_text(
+            run_dir / run_files.report_html(split), render_report(result, _history(run_dir), run_dir, split)
+        )
         return
     plot_confusion(
         result["confusion_matrix"],
@@ -302,13 +304,16 @@ def _write_reports(result: dict[str, Any], classes: list[str], run_dir: Path, sp
         f"{split} split: confusion (row-normalized)",
     )
     write_text(run_dir / run_files.report_md(split), markdown_summary(result, title, split))
-    write_text(run_dir / run_files.report_html(split), render_report(result, _history(run_dir)))
+    write_text(
+        run_dir / run_files.report_html(split), render_report(result, _history(run_dir), run_dir, split)
+    )
 
 
-def render_report(result: dict[str, Any], history: list[dict[str, float]]) -> str:
-    """The report page for a single-label or a multi-label evaluation."""
-    page = multilabel.render_html if result.get("task") == "multilabel" else render_html
-    return page(result, history)
+def render_report(result: dict[str, Any], history: list[dict[str, float]], run_dir: Path, split: str) -> str:
+    """The report page for a single-label or a multi-label evaluation (the run's confusion PNG reused)."""
+    if result.get("task") == "multilabel":
+        return multilabel.render_html(result, history, run_dir / run_files.CURVES)
+    return render_html(result, history, run_dir / run_files.confusion_png(split), run_dir / run_files.CURVES)
 
 
 def show_table(result: dict[str, Any], title: str) -> None:
@@ -331,7 +336,7 @@ def report(run_dir: str | Path, split: str = "test") -> Path:
     except json.JSONDecodeError as e:
         raise DataError(f"{path} is corrupt: {e}") from None
     out = run_dir / run_files.report_html(split)
-    write_text(out, render_report(result, _history(run_dir)))
+    write_text(out, render_report(result, _history(run_dir), run_dir, split))
     return out
 
 

@@ -183,6 +183,13 @@ def thumbnail_uri(pixels: np.ndarray, side: int = 96, fmt: str = "PNG") -> str:
     return f"data:image/{fmt.lower()};base64," + base64.b64encode(buf.getvalue()).decode()
 
 
+def _drawn(path: Path | None) -> str | None:
+    """A PNG file already drawn, as a data URI (None where there is none)."""
+    if path is None or not path.is_file():
+        return None
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
+
+
 def _figure_uri(fig) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
@@ -256,8 +263,18 @@ def _pct(x: float) -> str:
     return f"{100 * x:.2f}%"
 
 
-def render_html(result: dict[str, Any], history: list[dict[str, float]]) -> str:
-    """One self-contained HTML page (figures and thumbnails inlined) from an evaluation and its history."""
+def render_html(
+    result: dict[str, Any],
+    history: list[dict[str, float]],
+    confusion_png: Path | None = None,
+    curves_png: Path | None = None,
+) -> str:
+    """One self-contained HTML page (figures and thumbnails inlined) from an evaluation and its history.
+
+    `confusion_png`, `curves_png`: the row-normalized confusion matrix and the training curves already drawn
+    (`plot_confusion`, `plot_curves`), inlined as they are rather than drawn again (a figure costs a quarter
+    of a second, the most of a small run's report).
+    """
     classes = list(result["per_class"])
     cals = {"as trained": result["calibration"]} if "calibration" in result else {}
     if "calibration_after" in result:
@@ -270,11 +287,12 @@ def render_html(result: dict[str, Any], history: list[dict[str, float]]) -> str:
         headline=_headline(result),
         per_class=sorted(result["per_class"].items(), key=lambda kv: (kv[1]["f1"], kv[0])),
         confusion_figures=[
+            ("counts", _figure_uri(confusion_figure(result["confusion_matrix"], classes, normalized=False))),
             (
-                kind,
-                _figure_uri(confusion_figure(result["confusion_matrix"], classes, normalized=kind == "norm")),
-            )
-            for kind in ("counts", "norm")
+                "norm",
+                _drawn(confusion_png)
+                or _figure_uri(confusion_figure(result["confusion_matrix"], classes, normalized=True)),
+            ),
         ],
         top_confusions=result.get("top_confusions", []),
         classes=classes,
@@ -287,7 +305,7 @@ def render_html(result: dict[str, Any], history: list[dict[str, float]]) -> str:
         cams=any("cam_predicted" in row for rows in samples.values() for row in rows),
         calibration_text=" ".join(f"ECE {name}: {c['ece']:.4f}." for name, c in cals.items()),
         reliability_uri=_figure_uri(_reliability_figure(cals)),
-        curves_uri=_figure_uri(_curves_figure(history)) if history else None,
+        curves_uri=_drawn(curves_png) or (_figure_uri(_curves_figure(history)) if history else None),
         risk_coverage_uri=_figure_uri(
             _risk_coverage_figure(result["risk_coverage"], result.get("abstention"))
         )

@@ -9,7 +9,7 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 
-from imgcls.reporting import _curves_figure, _figure_uri
+from imgcls.reporting import _curves_figure, _drawn, _figure_uri
 from imgcls.utils import run_files
 from imgcls.utils.templates import render
 
@@ -127,8 +127,11 @@ def print_table(result: dict[str, Any], title: str) -> None:
     )
 
 
-def render_html(result: dict[str, Any], history: list[dict[str, float]]) -> str:
-    """The multi-label report page, self-contained (figures and thumbnails inlined)."""
+def render_html(
+    result: dict[str, Any], history: list[dict[str, float]], curves_png: Path | None = None
+) -> str:
+    """The multi-label report page, self-contained (figures and thumbnails inlined; `curves_png`: the
+    training curves already drawn)."""
     labels = list(result["per_label"])
     samples = result.get("samples", {})
     frequent = result.get("frequent_mistakes", {})
@@ -148,5 +151,5 @@ def render_html(result: dict[str, Any], history: list[dict[str, float]]) -> str:
             ("Least confident false negatives", samples.get("false_negatives", [])),
         ],
         maps=result.get("maps", "not computed"),
-        curves_uri=_figure_uri(_curves_figure(history)) if history else None,
+        curves_uri=_drawn(curves_png) or (_figure_uri(_curves_figure(history)) if history else None),
     )

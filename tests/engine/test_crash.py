@@ -73,7 +73,7 @@ def _train_command(out: Path, *extra: str) -> list[str]:
         "--model",
         "smallnet",
         "--epochs",
-        "3",
+        "2",
         "--out",
         str(out),
         "--set",
@@ -108,7 +108,7 @@ def test_sigkill_mid_epoch_then_resume_ends_with_identical_weights(tmp_path: Pat
     assert victim.wait(timeout=30) == -signal.SIGKILL, "the run finished before it could be killed"
 
     at_kill = read_state(state_file)  # never half-written: this must load
-    assert at_kill["epoch"] < 3
+    assert at_kill["epoch"] < 2
     resumed = subprocess.run(
         [sys.executable, "-m", "imgcls", "-q", "train", "--resume", str(tmp_path / "killed")],
         env=env,
