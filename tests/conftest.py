@@ -24,6 +24,18 @@ os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="imgcls-tests-hf-")
 atexit.register(shutil.rmtree, os.environ["HF_HOME"], ignore_errors=True)
 
 CLASSES = ("circle", "cross", "square")
+FASHION_CLASSES = (  # Fashion-MNIST's, in label order
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
 # What every finished run folder holds (README, "Run folder").
 RUN_FILES = (
     "config.yaml",

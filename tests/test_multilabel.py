@@ -201,7 +201,7 @@ def test_eval_and_report_commands_on_a_multilabel_run(ml_run, capsys):
     stored = json.loads((run / "model.json").read_text())
     assert [m["threshold"] for m in result["per_label"].values()] == pytest.approx(stored["thresholds"])
     assert cli.main(["eval", str(run), "--calibrate"]) == 2
-    assert "--calibrate fits a softmax temperature" in capsys.readouterr().err
+    assert "--calibrate and --abstain fit a softmax temperature" in capsys.readouterr().err
     (run / "report.html").unlink()
     assert cli.main(["report", str(run)]) == 0 and "mAP (macro)" in (run / "report.html").read_text()
 

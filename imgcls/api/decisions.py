@@ -16,7 +16,7 @@ from imgcls.data.datasets import open_dataset
 from imgcls.data.types import DataBundle, DataError, Split
 from imgcls.engine.calibrate import fit_temperature
 from imgcls.engine.evaluate import predict_split
-from imgcls.inference.predict import expand_paths
+from imgcls.inference.inputs import expand_paths
 from imgcls.metrics import abstention_summary, abstention_threshold, tune_thresholds
 from imgcls.models import Classifier, ModelMeta
 from imgcls.models.checkpoint import update_meta

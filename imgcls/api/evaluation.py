@@ -6,6 +6,7 @@ import csv
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -88,25 +89,7 @@ def evaluate(
     def logits_of(name: str) -> tuple[torch.Tensor, torch.Tensor]:
         return _logits(predictor, bundle.split(name), data_cfg, cfg)
 
-    extra: dict[str, Any] = {}
-    if calibrate and meta.multilabel:
-        raise ConfigError(
-            "--calibrate fits a softmax temperature; a multi-label model's labels are decided by thresholds "
-            "tuned on the validation split when it trained (train.threshold_precision sets their goal)"
-        )
-    if tta is not None:  # both ways, so the report shows what the augmentation is worth
-        extra["tta"] = _tta_accuracies(predictor, lambda: logits_of(split))
-        meta.tta = tta
-    if abstain is not None and meta.multilabel:
-        raise ConfigError(
-            "--abstain is for single-label models; a multi-label model's thresholds decide each label"
-        )
-    if calibrate or abstain is not None:
-        meta.temperature = 1.0  # the logits to fit on are the raw ones
-        val = logits_of("val")
-        extra |= _calibrate(predictor, val, logits_of(split))
-        if abstain is not None:
-            decisions.choose_abstention(meta, val[0] / meta.temperature, val[1], abstain)
+    extra = _rechoose(predictor, logits_of, split, tta=tta, calibrate=calibrate, abstain=abstain)
     if dist.is_main() and (calibrate or tta is not None or abstain is not None):
         update_meta(
             run_dir,
@@ -134,6 +117,35 @@ def evaluate(
     if show and dist.is_main():
         show_table(result, f"{run_dir.name}: {split} split of {data_cfg.name}")
     return result
+
+
+def _rechoose(
+    predictor: Predictor,
+    logits_of: Callable[[str], tuple[torch.Tensor, torch.Tensor]],
+    split: str,
+    *,
+    tta: str | None,
+    calibrate: bool,
+    abstain: str | None,
+) -> dict[str, Any]:
+    """What `evaluate` is asked to choose again for the model (TTA, temperature, abstention), set on its
+    meta; returns what the report shows of it."""
+    meta, extra = predictor.meta, {}
+    if meta.multilabel and (calibrate or abstain is not None):
+        raise ConfigError(
+            "--calibrate and --abstain fit a softmax temperature; a multi-label model's labels are decided by "
+            "thresholds tuned on the validation split when it trained (train.threshold_precision sets their goal)"
+        )
+    if tta is not None:  # both ways, so the report shows what the augmentation is worth
+        extra["tta"] = _tta_accuracies(predictor, lambda: logits_of(split))
+        meta.tta = tta
+    if calibrate or abstain is not None:
+        meta.temperature = 1.0  # the logits to fit on are the raw ones
+        val = logits_of("val")
+        extra |= _calibrate(predictor, val, logits_of(split))
+        if abstain is not None:
+            decisions.choose_abstention(meta, val[0] / meta.temperature, val[1], abstain)
+    return extra
 
 
 def _logits(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,8 @@ from imgcls.inference import samples
 from imgcls.inference.explain import DEFAULT_METHOD, overlay
 from imgcls.inference.export import ExportResult, quantize_int8
 from imgcls.inference.export import export as export_model
-from imgcls.inference.predict import ArtifactPredictor, PredictionWriter, Predictor, inputs_with_labels
+from imgcls.inference.inputs import PredictionWriter, inputs_with_labels
+from imgcls.inference.predict import ArtifactPredictor, Predictor
 from imgcls.inference.sorting import Sorter
 from imgcls.models import ModelMeta
 from imgcls.models.checkpoint import CheckpointError
@@ -78,11 +79,9 @@ def predict(
         inputs, meta.classes, meta.label_sep if meta.multilabel else None
     )
     overlays = OverlayWriter(predictor, explain, explain_method) if explain else None  # fails early
-    sorter = _sorter(sort_into, accept, meta)
     abstains = meta.abstain_threshold is not None
     writer = PredictionWriter(out, meta.multilabel, meta.label_sep, abstains) if out else None
-    count = correct = labelled = abstained = 0
-    sorted_right: list[bool] = []  # labelled images sorted into a class folder: was it the right one
+    tally = _Tally(meta, _sorter(sort_into, accept, meta))
     try:
         with progress_bar(len(files), "predicting") as advance:
             for preds, bad in predictor.predict_stream(files, top_k=top_k, batch_size=batch_size):
@@ -95,32 +94,51 @@ def predict(
                         writer.write(pred, truth)
                     if on_prediction:
                         on_prediction(pred)
-                    count += 1
-                    abstained += "abstained" in pred
-                    if sorter:
-                        sorter.add(pred)
-                        if truth is not None and not pred["to_review"]:
-                            sorted_right.append(pred["label"] == truth)
-                    if truth is not None and "abstained" not in pred:
-                        labelled += 1
-                        correct += _is_right(pred, truth, meta)
+                    tally.add(pred, truth)
                 advance(len(preds) + len(bad))
     finally:
         if writer:
             writer.close()
     if skipped:
         log.warning("skipped %d path(s):\n%s", len(skipped), "\n".join(f"  {p}: {why}" for p, why in skipped))
-    summary = {"count": count, "skipped": skipped, "labelled": labelled}
-    if meta.abstain_threshold is not None:
-        summary["abstained"] = abstained
-        log.info("abstained on %d of %d images (%s)", abstained, count, meta.abstain_rule)
-    if sorter:
-        summary["sorting"] = _finish_sorting(sorter, sorted_right, meta)
-    if labelled:
-        name = "exact_match" if meta.multilabel else "accuracy"
-        summary[name] = round(correct / labelled, 6)
-        log.info("%s %.4f on %d labelled images", name.replace("_", " "), summary[name], labelled)
-    return summary
+    return {**tally.summary(), "skipped": skipped}
+
+
+@dataclass
+class _Tally:
+    """What `predict` counts as the predictions go by (and the sorter it hands them to)."""
+
+    meta: ModelMeta
+    sorter: Sorter | None
+    count: int = 0
+    abstained: int = 0
+    labelled: int = 0  # answered images with a known label...
+    correct: int = 0  # ...and how many of them were right
+    sorted_right: list[bool] = field(default_factory=list)  # labelled images sorted into a class folder
+
+    def add(self, pred: dict[str, Any], truth: str | None) -> None:
+        self.count += 1
+        self.abstained += "abstained" in pred
+        if self.sorter:
+            self.sorter.add(pred)
+            if truth is not None and not pred["to_review"]:
+                self.sorted_right.append(pred["label"] == truth)
+        if truth is not None and "abstained" not in pred:
+            self.labelled += 1
+            self.correct += _is_right(pred, truth, self.meta)
+
+    def summary(self) -> dict[str, Any]:
+        meta, summary = self.meta, {"count": self.count, "labelled": self.labelled}
+        if meta.abstain_threshold is not None:
+            summary["abstained"] = self.abstained
+            log.info("abstained on %d of %d images (%s)", self.abstained, self.count, meta.abstain_rule)
+        if self.sorter:
+            summary["sorting"] = _finish_sorting(self.sorter, self.sorted_right, meta)
+        if self.labelled:
+            name = "exact_match" if meta.multilabel else "accuracy"
+            summary[name] = round(self.correct / self.labelled, 6)
+            log.info("%s %.4f on %d labelled images", name.replace("_", " "), summary[name], self.labelled)
+        return summary
 
 
 def _sorter(out: str | Path | None, accept: float | None, meta: ModelMeta) -> Sorter | None:

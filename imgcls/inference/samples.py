@@ -56,7 +56,7 @@ def split_sample(
 
 def folder_sample(folder: str | Path, limit: int, channels: int) -> list[torch.Tensor]:
     """Up to `limit` images of a folder (searched recursively, sorted), decoded as they are."""
-    from imgcls.inference.predict import expand_paths
+    from imgcls.inference.inputs import expand_paths
 
     files, _ = expand_paths([folder])
     images, held = [], 0

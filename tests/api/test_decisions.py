@@ -22,6 +22,7 @@ from imgcls.config import ConfigError, DataConfig, parse_abstain
 from imgcls.data.datasets import SYSTEM_FASHION_MNIST, open_dataset
 from imgcls.inference.predict import Predictor
 from imgcls.metrics import abstention_summary, abstention_threshold, risk_coverage
+from tests.conftest import FASHION_CLASSES
 from tests.multilabel import write_multilabel_manifest
 from tests.test_e2e import needs_fmnist
 
@@ -29,20 +30,6 @@ FAST = {"train.amp": "off", "log.progress": False, "data.batch_size": 64, "optim
 
 
 pytestmark = needs_fmnist
-
-
-FASHION = [
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
-]
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +43,7 @@ def fmnist(tmp_path_factory) -> Path:
         labels = np.frombuffer(f.read(), np.uint8, offset=8)
     for split, index in (("train", range(2000)), ("test", range(2000, 2200))):
         for i in index:
-            folder = root / "data" / split / FASHION[labels[i]]
+            folder = root / "data" / split / FASHION_CLASSES[labels[i]]
             folder.mkdir(parents=True, exist_ok=True)
             Image.fromarray(images[i]).save(folder / f"{split}{i}.png")
     return root / "data"

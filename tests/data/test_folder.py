@@ -190,7 +190,7 @@ def test_one_manifest_reader_for_train_check_and_predict(tmp_path: Path):
     """BOM, CRLF, quoting, columns in any order, an images folder that is a symlink elsewhere: accepted by
     training and prediction alike; a path leaving the manifest's folder: refused by both."""
     from imgcls.data.manifest import read_manifest
-    from imgcls.inference.predict import inputs_with_labels
+    from imgcls.inference.inputs import inputs_with_labels
 
     elsewhere = tmp_path / "disk2" / "pictures"
     write_class_tree(elsewhere, per_class=4)
