@@ -31,12 +31,12 @@ class Sorter:
     an input already anywhere in `out` (the same file, or the same bytes: a review that moved it elsewhere)
     stays where it is."""
 
-    def __init__(self, out: str | Path, accept: float, top_k: int = 3) -> None:
-        self.out, self.accept, self.top_k = Path(out), accept, top_k
+    def __init__(self, out: str | Path, accept: float) -> None:
+        self.out, self.accept = Path(out), accept
         if self.out.exists() and not self.out.is_dir():
             raise ConfigError(f"--sort-into {out} exists and is not a folder")
         self.out.mkdir(parents=True, exist_ok=True)
-        self.present = _index(self.out)
+        self.present = _Present(self.out)
         self.counts: dict[str, int] = {}
         self.review: list[dict[str, Any]] = []
         self.kept = 0  # already in `out` from an earlier run or review
@@ -82,13 +82,7 @@ class Sorter:
 
     def _placed(self, source: Path) -> Path | None:
         """Where `source` already is in OUT (same inode, or same bytes), or None."""
-        try:
-            st = source.stat()
-        except OSError:
-            return None
-        found = self.present.get((st.st_dev, st.st_ino))
-        if found is None:
-            found = self.present.get(("bytes", st.st_size, _digest(source)))
+        found = self.present.find(source)
         if found is not None:
             self.kept += 1
         return found
@@ -103,9 +97,7 @@ class Sorter:
             os.link(source, target)
         except OSError:  # another file system, or links not allowed: a copy (with its times)
             shutil.copy2(source, target)
-        st = target.stat()
-        self.present[(st.st_dev, st.st_ino)] = target
-        self.present[("bytes", st.st_size, _digest(target))] = target
+        self.present.add(target)
         return target
 
 
@@ -123,17 +115,45 @@ def manifest_rows(out: str | Path) -> list[tuple[str, str]]:
     return rows
 
 
-def _index(out: Path) -> dict[tuple, Path]:
-    """Every file under `out` by (device, inode) and by (size, content digest): what is already there."""
-    found: dict[tuple, Path] = {}
-    for file in list_files(out, []):
+class _Present:
+    """The files already under OUT: by (device, inode), and by size, their contents hashed only when an input
+    of the same size asks (a large OUT is not read whole)."""
+
+    def __init__(self, out: Path) -> None:
+        self.by_inode: dict[tuple[int, int], Path] = {}
+        self.by_size: dict[int, list[Path]] = {}
+        self.digests: dict[Path, str] = {}
+        for file in list_files(out, []):
+            self.add(file)
+
+    def add(self, file: Path) -> None:
         try:
             st = file.stat()
         except OSError:
-            continue
-        found[(st.st_dev, st.st_ino)] = file
-        found[("bytes", st.st_size, _digest(file))] = file
-    return found
+            return
+        self.by_inode[(st.st_dev, st.st_ino)] = file
+        self.by_size.setdefault(st.st_size, []).append(file)
+
+    def find(self, source: Path) -> Path | None:
+        try:
+            st = source.stat()
+        except OSError:
+            return None
+        if (st.st_dev, st.st_ino) in self.by_inode:
+            return self.by_inode[(st.st_dev, st.st_ino)]
+        same_size = self.by_size.get(st.st_size, [])
+        if not same_size:
+            return None
+        wanted = _digest(source)
+        return next((f for f in same_size if self._digest(f) == wanted), None)
+
+    def _digest(self, file: Path) -> str:
+        if file not in self.digests:
+            try:
+                self.digests[file] = _digest(file)
+            except OSError:  # gone since it was listed: matches nothing
+                self.digests[file] = ""
+        return self.digests[file]
 
 
 def _digest(path: Path) -> str:
