@@ -1,6 +1,8 @@
 """Classification metrics from logits and labels (scikit-learn), as plain JSON-ready numbers.
 
-scikit-learn is imported on first use: it costs ~1.3 s, which a 20-second training budget feels.
+scikit-learn is imported on first use, and only where its functions earn it (average precision, curves,
+AUROC): the import costs 1.5-3 s, which a 20-second training budget feels, so the single-label report's
+confusion matrix and per-class precision/recall/F1 are counted here (checked against scikit-learn).
 """
 
 from __future__ import annotations
@@ -21,8 +23,6 @@ def classification_report(logits: torch.Tensor, labels: torch.Tensor, classes: l
         >>> r["accuracy"], r["per_class"]["b"]["recall"]
         (1.0, 1.0)
     """
-    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
-
     n = len(classes)
     logits, labels = logits.float().cpu(), labels.long().cpu()
     y_true, y_pred = labels.numpy(), logits.argmax(1).numpy()
@@ -31,7 +31,8 @@ def classification_report(logits: torch.Tensor, labels: torch.Tensor, classes: l
         top5 = logits.topk(5, dim=1).indices
         report["top5_accuracy"] = _f((top5 == labels[:, None]).any(1).float().mean())
     all_classes = list(range(n))
-    p, r, f, support = precision_recall_fscore_support(y_true, y_pred, labels=all_classes, zero_division=0)
+    matrix = confusion(y_true, y_pred, n)
+    p, r, f, support = precision_recall_f1(matrix)
     present = np.isin(all_classes, np.union1d(y_true, y_pred))  # classes that occur at all
     report |= {
         "precision_macro": _f(p[present].mean()),
@@ -48,8 +49,25 @@ def classification_report(logits: torch.Tensor, labels: torch.Tensor, classes: l
         name: {"precision": _f(p[i]), "recall": _f(r[i]), "f1": _f(f[i]), "support": int(support[i])}
         for i, name in enumerate(classes)
     }
-    report["confusion_matrix"] = confusion_matrix(y_true, y_pred, labels=all_classes).tolist()
+    report["confusion_matrix"] = matrix.tolist()
     return report
+
+
+def confusion(y_true: np.ndarray, y_pred: np.ndarray, n: int) -> np.ndarray:
+    """Counts of (true, predicted) class pairs: rows are true classes."""
+    return np.bincount(y_true * n + y_pred, minlength=n * n).reshape(n, n)
+
+
+def precision_recall_f1(matrix: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Per-class precision, recall, F1 and support from a confusion matrix, 0 where undefined: scikit-learn's
+    precision_recall_fscore_support(zero_division=0), which a test checks this against. Computed here because
+    importing scikit-learn costs 1.5-3 s, which every `imgcls train` and `eval` would pay for two divisions."""
+    hits, support, predicted = np.diag(matrix).astype(float), matrix.sum(1), matrix.sum(0)
+    precision = np.divide(hits, predicted, out=np.zeros(len(hits)), where=predicted > 0)
+    recall = np.divide(hits, support, out=np.zeros(len(hits)), where=support > 0)
+    total = precision + recall
+    f1 = np.divide(2 * precision * recall, total, out=np.zeros(len(hits)), where=total > 0)
+    return precision, recall, f1, support
 
 
 def bootstrap_ci(hits: torch.Tensor, samples: int = 1000, level: float = 0.95, seed: int = 0) -> list[float]:

@@ -6,12 +6,18 @@ import atexit
 import logging
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+
+# Python writes bytecode caches even where the machine says not to (PYTHONDONTWRITEBYTECODE): each `imgcls`
+# process a test starts would otherwise compile imgcls again (half a second each, dozens of processes).
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+sys.dont_write_bytecode = False
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # Two workers on two cores: one thread each (and in the processes they start), or every OpenMP region

@@ -1,5 +1,6 @@
 """Metrics against hand-worked examples (not against the library that computes them)."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -76,3 +77,20 @@ def test_calibration_worked_example():
     probs = torch.tensor([[0.9, 0.1], [0.9, 0.1], [0.9, 0.1], [0.9, 0.1]])
     ece = calibration(probs, torch.tensor([0, 0, 1, 1]))["ece"]
     assert ece == pytest.approx(0.4, abs=1e-6)
+
+
+def test_precision_recall_f1_and_confusion_equal_scikit_learns():
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+    from imgcls.metrics import confusion, precision_recall_f1
+
+    rng = np.random.default_rng(0)
+    for n, size in ((2, 30), (7, 500), (12, 40)):  # 12 classes in 40 images: some never true or predicted
+        y_true, y_pred = rng.integers(0, n, size), rng.integers(0, n, size)
+        y_pred[: size // 2] = y_true[: size // 2]
+        matrix = confusion(y_true, y_pred, n)
+        assert (matrix == confusion_matrix(y_true, y_pred, labels=list(range(n)))).all()
+        ours = precision_recall_f1(matrix)
+        theirs = precision_recall_fscore_support(y_true, y_pred, labels=list(range(n)), zero_division=0)
+        for a, b in zip(ours, theirs):
+            assert np.allclose(a, b)
