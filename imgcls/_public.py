@@ -13,5 +13,7 @@ API = (
     "check_data",
     "pack_data",
     "manifest_data",
+    "review_labels",
+    "apply_review",
     "make_config",
 )

@@ -134,7 +134,9 @@ class TrainConfig:
     ema_decay: float = 0.0  # per-step decay of an exponential moving average of the weights; 0: off
     seed: int = 0
     device: str = "auto"  # auto, cpu, cuda, cuda:1, mps
-    threads: int | None = None  # CPU threads; None: all cores
+    threads: int | None = (
+        None  # CPU threads; None: $OMP_NUM_THREADS, else the fastest count timed at the start
+    )
     tta: Literal["auto", "flip", "off"] = "auto"  # evaluate on image + mirror; auto: when trained with flips
     checkpoint_every: int = (
         0  # also save the training state every N optimizer steps (mid-epoch); 0: epochs only
@@ -277,7 +279,7 @@ def parse_duration(text: str) -> float:
     return seconds
 
 
-def parse_abstain(text: str) -> tuple[str, float]:
+def parse_abstain(text: str, name: str = "train.abstain") -> tuple[str, float]:
     """("precision" | "coverage", target) from "0.99", "precision=0.99" or "coverage=0.9".
 
     Example:
@@ -292,7 +294,7 @@ def parse_abstain(text: str) -> tuple[str, float]:
         target = -1.0
     if kind not in ("precision", "coverage") or not 0 < target < 1:
         raise ConfigError(
-            f"train.abstain must look like 0.99 (a precision), precision=0.99 or coverage=0.9, not {text!r}"
+            f"{name} must look like 0.99 (a precision), precision=0.99 or coverage=0.9, not {text!r}"
         )
     return kind, target
 

@@ -76,7 +76,11 @@ def test_every_command_has_help(command, capsys):
 def test_repeated_set_flags_accumulate_for_every_command_that_takes_them():
     taking = [c for c, sub in commands() if any("--set" in a.option_strings for a in sub._actions)]
     assert {("train",), ("lr-find",), ("data", "check")} <= set(taking)
-    positional = {("data", "check"): ["DATA"], ("data", "pack"): ["DATA", "--out", "shards"]}
+    positional = {
+        ("data", "check"): ["DATA"],
+        ("data", "labels"): ["DATA"],
+        ("data", "pack"): ["DATA", "--out", "shards"],
+    }
     for command in taking:
         argv = [*command, *positional.get(command, []), "--set", "a.b=1", "--set", "c.d=2", "e.f=3"]
         assert cli.build_parser().parse_args(argv).set == ["a.b=1", "c.d=2", "e.f=3"], command

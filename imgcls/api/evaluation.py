@@ -16,7 +16,7 @@ import torch
 
 from imgcls.api import decisions
 from imgcls.api.runs import run_config
-from imgcls.config import Config, ConfigError, DataConfig
+from imgcls.config import Config, ConfigError, DataConfig, parse_abstain
 from imgcls.data.datasets import open_dataset
 from imgcls.data.decode import ImageDecodeError, open_image
 from imgcls.data.loader import build_loader, prepare
@@ -72,6 +72,8 @@ def evaluate(
         >>> imgcls.evaluate("runs/my-run", split="test", calibrate=True)["ece"]     # doctest: +SKIP
     """
     run_dir = Path(run_dir)
+    if abstain is not None:
+        parse_abstain(abstain, "--abstain")  # a malformed target fails before the model and data load
     torch_device = select_device(device, local_rank=dist.local_rank())
     dist.init(torch_device)
     predictor = Predictor.from_run(run_dir, device=str(torch_device))

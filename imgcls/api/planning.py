@@ -62,13 +62,13 @@ def make_config(
     return config_lib.load(config, merged)
 
 
-def plan_run(cfg: Config, bundle: DataBundle) -> Config:
+def plan_run(cfg: Config, bundle: DataBundle, default_epochs: int = DEFAULT_EPOCHS) -> Config:
     """The run's final config: every `auto` and unset setting that the data and model decide, resolved.
 
     The dataset is opened (file lists, nothing decoded yet); what comes back is what config.yaml records
     and what the engine and data read. Only `optim.lr=auto` is left for the LR range test.
     """
-    cfg = resolve_epochs(size_to_run(resolve_recipe(cfg), bundle.flip_ok), len(bundle.train))
+    cfg = resolve_epochs(size_to_run(resolve_recipe(cfg), bundle.flip_ok), len(bundle.train), default_epochs)
     size = cfg.data.image_size or bundle.image_size or default_input_size(cfg.model.name)
     tta = cfg.train.tta
     if tta == "auto":  # mirrored test images help only a model that was trained on mirrored images
@@ -93,15 +93,15 @@ def run_length(cfg: Config) -> str:
     return "short" if epochs <= 5 else "medium" if epochs <= 15 else "long"
 
 
-def resolve_epochs(cfg: Config, num_train: int) -> Config:
-    """`train.epochs` unset: DEFAULT_EPOCHS, or as many (up to MAX_AUTO_EPOCHS) as give MIN_STEPS optimizer
+def resolve_epochs(cfg: Config, num_train: int, default: int = DEFAULT_EPOCHS) -> Config:
+    """`train.epochs` unset: `default`, or as many (up to MAX_AUTO_EPOCHS) as give MIN_STEPS optimizer
     steps. A run of a few dozen steps leaves BatchNorm's running statistics behind the weights, and
     evaluation then misjudges a model that has learnt (a 72-image folder: 32 steps in 4 epochs)."""
     if cfg.train.epochs is not None:
         return cfg
     steps = max(1, math.ceil(num_train / cfg.data.batch_size))
-    epochs = max(DEFAULT_EPOCHS, min(MAX_AUTO_EPOCHS, math.ceil(MIN_STEPS / steps)))
-    if epochs > DEFAULT_EPOCHS and cfg.train.time is None:
+    epochs = max(default, min(MAX_AUTO_EPOCHS, math.ceil(MIN_STEPS / steps)))
+    if epochs > default and cfg.train.time is None:
         log.info(
             "a small dataset (%d steps per epoch): %d epochs, for at least %d optimizer steps (set --epochs to choose)",
             steps,

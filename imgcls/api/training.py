@@ -25,6 +25,7 @@ from imgcls.engine import tracking
 from imgcls.engine.callbacks import CSVLogger, EarlyStopping, ProgressLogger, TensorBoardLogger, Unfreeze
 from imgcls.engine.lr_find import lr_range_test
 from imgcls.engine.state import TrainState
+from imgcls.engine.threads import choose_threads
 from imgcls.engine.train import Plan, fit, head_phase, new_state
 from imgcls.models import Classifier, build_model
 from imgcls.models.checkpoint import load_weights
@@ -33,11 +34,13 @@ from imgcls.reporting import data_report_text, plot_curves, plot_lr_find
 from imgcls.utils import dist, run_files
 from imgcls.utils.env import (
     autocast_dtype,
+    available_cores,
     process_age,
     seed_everything,
     select_device,
     set_deterministic,
     set_threads,
+    threads_given,
 )
 from imgcls.utils.io import new_run_dir, write_json
 
@@ -188,7 +191,16 @@ def model_and_data(cfg: Config) -> tuple[Config, torch.device, DataBundle, Class
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     torch.manual_seed(cfg.train.seed + dist.rank())  # same initial weights everywhere; own dropout per rank
+    fastest_threads_for(cfg, device, model)
     return cfg, device, prepared, model
+
+
+def fastest_threads_for(cfg: Config, device: torch.device, model: Classifier) -> None:
+    """On a CPU, unless a thread count was given: the count that trains fastest now (fewer than all cores
+    when other processes keep some busy)."""
+    cores = available_cores()
+    if device.type == "cpu" and cores > 1 and dist.world_size() == 1 and not threads_given(cfg.train.threads):
+        choose_threads(model, cfg, cfg.data.batch_size, cores)
 
 
 def open_checked(cfg: Config) -> DataBundle:

@@ -71,8 +71,9 @@ def read_manifest(
 
 def contained(base: Path, relative: str) -> Path | None:
     """`base / relative` normalised lexically, or None where it leaves `base`."""
-    file = Path(os.path.normpath(base / relative))
-    return file if file == base or base in file.parents else None
+    file = os.path.normpath(os.path.join(base, relative))  # strings: Path.parents is slow on 100k rows
+    inside = file == str(base) or file.startswith(os.path.join(str(base), ""))
+    return Path(file) if inside else None
 
 
 def _columns(first: list[str], need_label: bool) -> tuple[tuple[int, int, int], int]:

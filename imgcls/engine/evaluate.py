@@ -44,6 +44,27 @@ def predict_logits(
     return torch.cat(all_logits).cpu(), torch.cat(all_labels).cpu()
 
 
+@torch.inference_mode()
+def predict_features(
+    model: Classifier,
+    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    *,
+    amp_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+) -> torch.Tensor:
+    """The pooled pre-logit features of every image of `loader` (float32, on the CPU), in eval mode."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    features = []
+    for x, _ in loader:
+        x = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+        with autocast(device, amp_dtype):
+            features.append(model.forward_features(x).float().cpu())
+    model.train(was_training)
+    return torch.cat(features) if features else torch.zeros(0, model.num_features)
+
+
 def predict_split(
     model: Classifier,
     loader: Iterable[tuple[torch.Tensor, torch.Tensor]],

@@ -83,7 +83,7 @@ def fit(
     plan: Plan,
     train_loader: Iterable,
     val_loader: Iterable | None,
-    run_dir: str | Path,
+    run_dir: str | Path | None,
     callbacks: Sequence[Any] = (),
     class_weights: torch.Tensor | None = None,
 ) -> TrainState:
@@ -92,12 +92,13 @@ def fit(
     Time-budgeted runs validate once, at the end (validation would eat the budget). Writes
     RUN_DIR/state.pt (last, for --resume; also every `train.checkpoint_every` steps) and
     RUN_DIR/model.safetensors (best on validation, or last when there is no validation split).
-    In a distributed run every rank calls fit on its shard; only rank 0 writes.
+    In a distributed run every rank calls fit on its shard; only rank 0 writes. With no `run_dir` nothing
+    is written (cross-fitting's models, thrown away once they have predicted their fold).
 
     Example:
         >>> fit(cfg, new_state(model, cfg), Plan(10, len(train)), train, val, "runs/x")   # doctest: +SKIP
     """
-    model, run_dir = state.model, Path(run_dir)
+    model, run_dir = state.model, Path(run_dir) if run_dir is not None else None
     device = next(model.parameters()).device
     amp_dtype = autocast_dtype(device, cfg.train.amp)
     criterion = build_criterion(model.meta.multilabel, class_weights, cfg.train.label_smoothing)
@@ -197,7 +198,7 @@ def fit(
         state.history.append(metrics)
         call(callbacks, "on_eval_end", state=state, metrics=metrics)
         saved.save_epoch(metrics)
-        call(callbacks, "on_checkpoint", state=state, path=run_dir / STATE_FILE)
+        call(callbacks, "on_checkpoint", state=state, path=run_dir / STATE_FILE if run_dir else None)
         if state.should_stop and not finished:
             log.info("stopping early after epoch %d (asked by a callback)", state.epoch)
             break
@@ -316,10 +317,10 @@ class _EpochSums:
 class _Saver:
     """Writes checkpoints from rank 0 only and remembers the step of the last complete one."""
 
-    def __init__(self, cfg: Config, state: TrainState, run_dir: Path) -> None:
+    def __init__(self, cfg: Config, state: TrainState, run_dir: Path | None) -> None:
         self.cfg, self.state, self.run_dir = cfg, state, run_dir
-        self.state_path = run_dir / STATE_FILE
-        self.step: int | None = state.step if self.state_path.is_file() else None
+        self.state_path = run_dir / STATE_FILE if run_dir else None
+        self.step: int | None = state.step if self.state_path and self.state_path.is_file() else None
 
     def kept(self) -> str:
         if self.step is None:
@@ -327,6 +328,8 @@ class _Saver:
         return f"the last good checkpoint, {self.state_path} (after step {self.step}), is kept"
 
     def save_state(self) -> None:
+        if self.state_path is None:
+            return
         rngs = dist.gather_objects(rng_states()) if dist.is_distributed() else None
         if dist.is_main():
             self.state.save(self.state_path, self.cfg.to_dict(), rngs)
@@ -340,7 +343,7 @@ class _Saver:
             if score is not None:
                 state.best_metric = score
             state.best_epoch = state.epoch
-            if dist.is_main():
+            if dist.is_main() and self.run_dir is not None:
                 save_weights(
                     state.eval_model, self.run_dir, {"best_epoch": state.best_epoch, f"best_{key}": score}
                 )

@@ -96,6 +96,11 @@ def set_threads(threads: int | None) -> int:
     return threads
 
 
+def threads_given(threads: int | None) -> bool:
+    """Whether a thread count was asked for (train.threads, or $OMP_NUM_THREADS); else training times a few."""
+    return threads is not None or os.environ.get("OMP_NUM_THREADS", "").isdigit()
+
+
 def set_deterministic(on: bool) -> None:
     """Deterministic kernels only (an error names any op without one); cuDNN autotuning off."""
     if on:

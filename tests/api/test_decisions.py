@@ -100,6 +100,8 @@ def test_the_threshold_rules_on_hand_worked_examples():
     for bad in ("1.5", "recall=0.9", "x"):
         with pytest.raises(ConfigError, match="train.abstain must look like"):
             parse_abstain(bad)
+    with pytest.raises(ConfigError, match="--abstain must look like"):  # the eval flag names itself
+        imgcls.evaluate("no-such-run", abstain="recall=0.9")
 
 
 def test_the_threshold_is_chosen_on_validation_for_the_target_precision(unsure_run: Path):

@@ -185,3 +185,32 @@ def test_html_report_shows_thumbnails_of_named_files(planted: Path, tmp_path: Pa
     for section in ("classes", "stats", "findings"):
         assert f'id="{section}"' in text
     assert text.count("data:image/png;base64,") >= 10 and "copied.png" in text and "ERROR leak" in text
+
+
+def test_one_picture_under_two_classes_is_a_label_conflict_not_a_duplicate(tmp_path: Path, capsys):
+    """An icon theme's alias: status/edit.png is a symlink to actions/edit.png; a re-encoded copy of
+    another icon sits in both folders too. Same-class copies stay plain duplicates."""
+    root = tmp_path / "icons"
+    write_class_tree(root, per_class=4, seed=5, classes=("actions", "status"))
+    photo(7).save(root / "actions" / "edit.png")
+    (root / "status" / "edit.png").symlink_to(Path("..") / "actions" / "edit.png")
+    photo(8).save(root / "actions" / "save.png")
+    photo(8).save(root / "status" / "save.jpg", quality=95)  # near-identical, under the other class
+    shutil.copy(root / "actions" / "actions_0.png", root / "actions" / "again.png")  # same class
+    report = imgcls.check_data(
+        str(root), out=tmp_path / "r.json", overrides={"data.val_split": 0.0, "data.test_split": 0.0}
+    )
+    kinds = {f["kind"]: f for f in report["findings"]}
+    conflicts = {
+        frozenset(Path(p).name for p in (r["path"], r["other"])) for r in kinds["label-conflict"]["items"]
+    }
+    assert conflicts == {frozenset({"edit.png"}), frozenset({"save.png", "save.jpg"})}
+    assert all("actions" in r["reason"] and "status" in r["reason"] for r in kinds["label-conflict"]["items"])
+    assert kinds["label-conflict"]["severity"] == "warning"
+    duplicates = [{Path(r["path"]).name, Path(r["other"]).name} for r in kinds["duplicate"]["items"]]
+    assert duplicates == [{"actions_0.png", "again.png"}]
+    assert (
+        cli.main(["data", "check", str(root), "--out", str(tmp_path / "c.json"), "--set", "data.val_split=0"])
+        == 0
+    )  # warnings only
+    assert "the same picture filed under two classes" in capsys.readouterr().out

@@ -10,6 +10,7 @@ import numpy as np
 
 from imgcls.data.doctor.findings import (
     ERROR_MESSAGES,
+    Pairs,
     class_counts,
     class_findings,
     duplicate_findings,
@@ -38,6 +39,7 @@ def check(bundle: DataBundle, *, near: bool = True) -> DataReport:
     images = (
         tensor_images(splits) if all(s.images is not None for s in splits.values()) else file_images(splits)
     )
+    label_images(images, splits, bundle.classes)
     counts = {name: class_counts(split.labels, bundle.classes) for name, split in splits.items()}
     findings = [
         *skipped_findings(bundle.skipped),
@@ -52,6 +54,19 @@ def check(bundle: DataBundle, *, near: bool = True) -> DataReport:
     if bundle.multilabel:
         report.labels = label_set_stats(splits, bundle.classes)
     return report
+
+
+def label_images(images: list[ImageFacts], splits: dict[str, Split], classes: list[str]) -> None:
+    """Sets each image's class name (multi-label: its labels joined by ';') in its facts, which come split
+    by split, each in its split's order."""
+    names = []
+    for split in splits.values():
+        if split.multilabel:
+            names += [";".join(classes[j] for j, on in enumerate(row) if on) for row in split.labels.tolist()]
+        else:
+            names += [classes[i] for i in split.labels.tolist()]
+    for img, name in zip(images, names, strict=True):
+        img.label = name
 
 
 def skipped_findings(skipped: list[tuple[str, str]]) -> list[Finding]:
@@ -90,13 +105,21 @@ def leakage(bundle: DataBundle) -> list[Finding]:
     return [f for f in duplicate_findings(images, near=False) if f.severity == "error"]
 
 
-def duplicate_groups(split: Split) -> tuple[np.ndarray, int]:
+def split_facts(split: Split, name: str = "train") -> list[ImageFacts]:
+    """What each image of `split` says about itself (from RAM where it is decoded there)."""
+    return tensor_images({name: split}) if split.images is not None else file_images({name: split})
+
+
+def duplicate_groups(
+    split: Split, images: list[ImageFacts] | None = None, close: Pairs | None = None
+) -> tuple[np.ndarray, int]:
     """A group id per image: identical and near-identical images (as `check` defines them) share one.
 
     Returns the ids (each group's smallest index) and the number of groups with more than one image.
-    Splits carved along these groups never put two copies of one picture on both sides.
+    Splits carved along these groups never put two copies of one picture on both sides. `images` and
+    their near pairs (`close`) may be given where they are already known.
     """
-    images = tensor_images({"train": split}) if split.images is not None else file_images({"train": split})
+    images = split_facts(split) if images is None else images
     parent = np.arange(len(images))
 
     def root(i: int) -> int:
@@ -114,7 +137,7 @@ def duplicate_groups(split: Split) -> tuple[np.ndarray, int]:
     for i, img in enumerate(images):
         for key in {img.byte_hash, img.pixel_hash, img.path if split.images is None else ""} - {""}:
             join(by_key.setdefault(key, i), i)
-    for a, b in near_pairs(images).values():
+    for a, b in (near_pairs(images) if close is None else close).values():
         join(index[id(a)], index[id(b)])
     groups = np.array([root(i) for i in range(len(images))], dtype=np.int64)
     shared = int((np.bincount(groups, minlength=len(groups)) > 1).sum())

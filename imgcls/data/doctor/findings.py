@@ -114,26 +114,61 @@ def class_findings(counts: dict[str, dict[str, int]], classes: list[str]) -> lis
     return findings
 
 
-def duplicate_findings(images: list[ImageFacts], near: bool) -> list[Finding]:
-    """Same bytes or same pixels (exact), or close difference hashes (near), within and across splits."""
+Pairs = dict[tuple[str, str], tuple[ImageFacts, ImageFacts]]
+
+
+def duplicate_pairs(images: list[ImageFacts], near: bool) -> tuple[Pairs, Pairs]:
+    """Pairs of the same bytes or pixels (exact), and of close difference hashes (near, not exact)."""
     exact: dict[str, list[ImageFacts]] = defaultdict(list)
     for img in images:
         for key in {img.byte_hash, img.pixel_hash} - {""}:
             exact[key].append(img)
-    pairs: dict[tuple[str, str], tuple[ImageFacts, ImageFacts]] = {}
+    pairs: Pairs = {}
     for group in exact.values():
         for other in group[1:]:
             pairs.setdefault(_pair_key(group[0], other), (group[0], other))
-    findings = _pair_findings(pairs, "duplicate", "leak", "identical images (same bytes or pixels)")
+    close = {k: v for k, v in near_pairs(images).items() if k not in pairs} if near else {}
+    return pairs, close
+
+
+def label_conflicts(pairs: Pairs, close: Pairs) -> list[tuple[ImageFacts, ImageFacts]]:
+    return [(a, b) for a, b in [*pairs.values(), *close.values()] if a.label != b.label]
+
+
+def duplicate_findings(images: list[ImageFacts], near: bool) -> list[Finding]:
+    """Same bytes or same pixels (exact), or close difference hashes (near), within and across splits;
+    a pair under two different labels is a label conflict instead."""
+    pairs, close = duplicate_pairs(images, near)
+    conflicts = label_conflicts(pairs, close)
+    findings = _conflict_findings(conflicts)
+    pairs = {k: (a, b) for k, (a, b) in pairs.items() if a.label == b.label}
+    findings += _pair_findings(pairs, "duplicate", "leak", "identical images (same bytes or pixels)")
     if near:
-        close = {k: v for k, v in near_pairs(images).items() if k not in pairs}
         findings += _pair_findings(
-            close,
+            {k: (a, b) for k, (a, b) in close.items() if a.label == b.label},
             "near-duplicate",
             "near-leak",
             f"near-identical images (e.g. re-encoded: 16x16 thumbnails within {NEAR_PIXELS:g}/255)",
         )
     return findings
+
+
+def _conflict_findings(conflicts: list[tuple[ImageFacts, ImageFacts]]) -> list[Finding]:
+    """One picture (same pixels, or near-identical) filed under two different classes: one of the labels
+    is wrong (or the task is multi-label). Named once, as a conflict, whatever splits the copies are in."""
+    records = [
+        Record(
+            "label-conflict",
+            a.split,
+            a.path,
+            reason=f"{a.label or '(no label)'} here, {b.label or '(no label)'} there",
+            other=b.path,
+            other_split=b.split,
+        )
+        for a, b in conflicts
+    ]
+    message = "the same picture filed under two classes (one label is wrong, or the task is multi-label)"
+    return [finding("warning", "label-conflict", message, records)] if records else []
 
 
 def _pair_key(a: ImageFacts, b: ImageFacts) -> tuple[str, str]:

@@ -41,6 +41,7 @@ class ImageFacts:
     size: tuple[int, int] = (0, 0)
     gray: bool = True
     sums: torch.Tensor | None = None  # data.stats.pixel_sums of the image, as 3 channels
+    label: str = ""  # the class it is filed under (multi-label: its labels joined), set by the checks
 
 
 def file_images(splits: dict[str, Any]) -> list[ImageFacts]:

@@ -35,7 +35,8 @@ class Record:
     def text(self) -> str:
         """One line: `path: reason`, `split: a <-> split: b` for a pair, or the class name."""
         if self.other:
-            return f"{self.split}: {self.path} <-> {self.other_split}: {self.other}"
+            pair = f"{self.split}: {self.path} <-> {self.other_split}: {self.other}"
+            return f"{pair} ({self.reason})" if self.reason else pair
         if self.label and not self.path:
             return self.label
         return f"{self.path}: {self.reason}" if self.reason else self.path
