@@ -115,11 +115,13 @@ class TensorBoardLogger:
 
 
 class ProgressLogger:
-    """A live progress bar (loss, accuracy, images/s) on a terminal; one line per epoch everywhere."""
+    """A live progress bar (loss, accuracy, images/s) on a terminal; one line per epoch everywhere (unless
+    `epoch_lines` is off: cross-fitting logs a line per fold instead)."""
 
-    def __init__(self, enabled: bool = True, refresh_s: float = 0.5) -> None:
+    def __init__(self, enabled: bool = True, refresh_s: float = 0.5, epoch_lines: bool = True) -> None:
         self.enabled = enabled
         self.refresh_s = refresh_s
+        self.epoch_lines = epoch_lines
         self.progress = None
 
     def on_fit_start(self, epochs: int | None) -> None:
@@ -157,6 +159,8 @@ class ProgressLogger:
     def on_eval_end(self, metrics: dict[str, float]) -> None:
         if self.progress:
             self.progress.remove_task(self.task)
+        if not self.epoch_lines:
+            return
         parts = [f"epoch {int(metrics['epoch'])}{self.of}"]
         parts += [f"{k} {v:.4f}" for k, v in metrics.items() if k.endswith(("loss", "acc", "map"))]
         parts += [f"{metrics['train_img_s']:,.0f} img/s", f"{metrics['time_s']:.1f}s"]

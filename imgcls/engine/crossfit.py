@@ -81,10 +81,21 @@ def cross_fit(
         )
         state = new_state(model, cfg, timed=share is not None)
         plan = Plan(cfg.train.epochs, len(loader), budget_s=share)
-        state = fit(cfg, state, plan, loader, None, None, [ProgressLogger(cfg.log.progress)])
+        state = fit(
+            cfg, state, plan, loader, None, None, [ProgressLogger(cfg.log.progress, epoch_lines=False)]
+        )
         probs[held] = _held_out(cfg, state.eval_model, split.subset(held), settings)
         accuracy.append(float((probs[held].argmax(1) == split.labels[held].numpy()).mean()))
-        log.info("fold %d/%d: held-out agreement with the given labels %.4f", fold + 1, k, accuracy[-1])
+        last = state.history[-1]
+        log.info(
+            "fold %d/%d: %d epochs, train_acc %.4f, %.0f img/s; held-out agreement with the given labels %.4f",
+            fold + 1,
+            k,
+            state.epoch,
+            last["train_acc"],
+            last["train_img_s"],
+            accuracy[-1],
+        )
     model = state.eval_model
     embeddings = predict_features(
         model,

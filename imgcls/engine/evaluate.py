@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from functools import partial
 
@@ -20,6 +20,28 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
 
 
 @torch.inference_mode()
+def _outputs(
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    model: Classifier,
+    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    amp_dtype: torch.dtype | None,
+    channels_last: bool,
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """`forward` of every batch of `loader` (float32), with `model` in eval mode, and the labels."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    outputs, labels = [], []
+    for x, y in loader:
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(device, amp_dtype):
+            outputs.append(forward(x).float())
+        labels.append(y)
+    model.train(was_training)
+    return outputs, labels
+
+
 def predict_logits(
     model: Classifier,
     loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
@@ -28,23 +50,12 @@ def predict_logits(
     channels_last: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Runs `model` in eval mode over `loader`; returns (float32 logits, labels) on the CPU."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    all_logits, all_labels = [], []
-    for x, y in loader:
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(device, amp_dtype):
-            all_logits.append(model(x).float())
-        all_labels.append(y)
-    model.train(was_training)
-    if not all_logits:
+    logits, labels = _outputs(model, model, loader, amp_dtype, channels_last)
+    if not logits:
         return torch.zeros(0, model.meta.num_classes), torch.zeros(0, dtype=torch.long)
-    return torch.cat(all_logits).cpu(), torch.cat(all_labels).cpu()
+    return torch.cat(logits).cpu(), torch.cat(labels).cpu()
 
 
-@torch.inference_mode()
 def predict_features(
     model: Classifier,
     loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
@@ -53,16 +64,8 @@ def predict_features(
     channels_last: bool = False,
 ) -> torch.Tensor:
     """The pooled pre-logit features of every image of `loader` (float32, on the CPU), in eval mode."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    features = []
-    for x, _ in loader:
-        x = x.contiguous(memory_format=torch.channels_last) if channels_last else x
-        with autocast(device, amp_dtype):
-            features.append(model.forward_features(x).float().cpu())
-    model.train(was_training)
-    return torch.cat(features) if features else torch.zeros(0, model.num_features)
+    features, _ = _outputs(model.forward_features, model, loader, amp_dtype, channels_last)
+    return torch.cat(features).cpu() if features else torch.zeros(0, model.num_features)
 
 
 def predict_split(
