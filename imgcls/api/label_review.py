@@ -96,14 +96,11 @@ def review_labels(
     if bundle.multilabel:
         raise DataError("imgcls data labels reviews single-label data; this manifest lists label sets")
     cfg = plan_run(_per_fold(cfg, folds), replace(bundle, train=_merged(bundle)), FOLD_EPOCHS)
-    if cfg.train.recipe != "finetune" and cfg.data.image_size >= LARGE_IMAGES:
-        log.info(
-            "%dpx images: a model trained from scratch per fold is slow; --pretrained (or --weights) reviews "
-            "with a linear head on the backbone's features, computed once",
-            cfg.data.image_size,
-        )
+    _suggest_features(cfg)
     pool, stats = _pool(bundle, cfg)
     labels = pool.split.labels.numpy()
+    if len(labels) < 2 * folds:
+        raise DataError(f"{len(labels)} images are too few to cross-fit in {folds} folds (--folds)")
     groups, conflicts = _duplicates(pool, bundle.classes)
     fold_of = stratified_folds(labels, groups, folds, cfg.train.seed)
     fitted, method = _out_of_fold(cfg, pool, bundle, stats, fold_of, device, start)
@@ -128,23 +125,37 @@ def review_labels(
         "page": str(out_dir / PAGE),
     }
     _write(out_dir, summary, rows, pool, fitted, start)
+    _log_result(summary)
+    return summary
+
+
+def _suggest_features(cfg: Config) -> None:
+    if cfg.train.recipe != "finetune" and cfg.data.image_size >= LARGE_IMAGES:
+        log.info(
+            "%dpx images: a model trained from scratch per fold is slow; --pretrained (or --weights) reviews "
+            "with a linear head on the backbone's features, computed once",
+            cfg.data.image_size,
+        )
+
+
+def _log_result(summary: dict[str, Any]) -> None:
+    issues = summary["issues"]
     log.info(
         "%s: %d images to review (%s); estimated wrong labels %.2f%%; page %s; then: imgcls data apply %s --out fixed.csv",
         summary["review"],
-        len(rows),
-        ", ".join(f"{n} {kind}" for kind, n in summary["issues"].items()),
+        sum(issues.values()),
+        ", ".join(f"{n} {kind}" for kind, n in issues.items()),
         100 * summary["estimated_noise_rate"],
         summary["page"],
         summary["review"],
     )
-    return summary
 
 
 def _per_fold(cfg: Config, folds: int) -> Config:
     """A command's time budget planned as each fold's share (a short budget: the short recipe)."""
     if cfg.train.time is None:
         return cfg
-    return cfg.replace({"train.time": f"{parse_duration(cfg.train.time) / folds:.0f}s"})
+    return cfg.replace({"train.time": f"{parse_duration(cfg.train.time) / folds:.3g}s"})
 
 
 def _data_name(data: str) -> str:
@@ -170,12 +181,7 @@ def pooled_names(bundle: DataBundle) -> tuple[list[str], list[int], list[str]]:
 
 def _merged(bundle: DataBundle) -> Split:
     """The data's splits as one (not decoded)."""
-    parts = [s for n in SPLITS if (s := getattr(bundle, n)) is not None]
-    return Split(
-        torch.cat([s.labels for s in parts]),
-        torch.cat([s.images for s in parts]) if all(s.images is not None for s in parts) else None,
-        [p for s in parts for p in s.paths] if all(s.paths is not None for s in parts) else None,
-    )
+    return Split.join([s for n in SPLITS if (s := getattr(bundle, n)) is not None])
 
 
 def _pool(bundle: DataBundle, cfg: Config) -> tuple[Pool, tuple]:

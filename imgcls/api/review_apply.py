@@ -85,20 +85,26 @@ def _summary(review: Path) -> dict[str, Any]:
             f"no {SUMMARY_JSON} beside {review}: apply reads which data was reviewed from the folder "
             "imgcls data labels wrote"
         )
-    return json.loads(path.read_text(encoding="utf-8"))
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as e:
+        raise DataError(f"{path} cannot be read ({e}); run imgcls data labels again") from None
 
 
 def read_actions(review: Path, classes: list[str]) -> dict[str, tuple[str, str]]:
     """path -> (action, label) for every row (an empty action: keep); every mistake in the file is named
     with its line before anything is written."""
-    with open(review, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        missing = {"path", "suggested", "action"} - set(reader.fieldnames or [])
-        if missing:
-            raise DataError(
-                f"{review} has no {', '.join(sorted(missing))} column (as imgcls data labels wrote it)"
-            )
-        entries = [(reader.line_num, row) for row in reader]
+    try:
+        with open(review, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            missing = {"path", "suggested", "action"} - set(reader.fieldnames or [])
+            entries = [(reader.line_num, row) for row in reader]
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise DataError(f"{review} is not a UTF-8 CSV file ({e}); save it as CSV (UTF-8)") from None
+    if missing:
+        raise DataError(
+            f"{review} has no {', '.join(sorted(missing))} column (as imgcls data labels wrote it)"
+        )
     decisions: dict[str, tuple[str, str]] = {}
     problems = []
     for line, row in entries:

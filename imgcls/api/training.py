@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ from imgcls.config import Config
 from imgcls.data.datasets import open_dataset
 from imgcls.data.doctor import leakage
 from imgcls.data.loader import build_loader, channel_stats, class_weights, prepare
-from imgcls.data.types import DataBundle, DataError
+from imgcls.data.types import DataBundle, DataError, Split
 from imgcls.engine import tracking
 from imgcls.engine.callbacks import CSVLogger, EarlyStopping, ProgressLogger, TensorBoardLogger, Unfreeze
 from imgcls.engine.lr_find import lr_range_test
@@ -183,6 +183,7 @@ def model_and_data(cfg: Config) -> tuple[Config, torch.device, DataBundle, Class
     device = setup(cfg)
     with dist.main_first():  # rank 0 fills the dataset caches; the others then read them
         bundle = open_checked(cfg)
+        cfg, bundle = train_on_unused_val(cfg, bundle)
         cfg = plan_run(cfg, bundle)
         size, channels = cfg.data.image_size, cfg.data.channels
         prepared = prepare(bundle, cfg.data, size, channels)
@@ -201,6 +202,19 @@ def fastest_threads_for(cfg: Config, device: torch.device, model: Classifier) ->
     cores = available_cores()
     if device.type == "cpu" and cores > 1 and dist.world_size() == 1 and not threads_given(cfg.train.threads):
         choose_threads(model, cfg, cfg.data.batch_size, cores)
+
+
+def train_on_unused_val(cfg: Config, bundle: DataBundle) -> tuple[Config, DataBundle]:
+    """A time-budgeted run with a test split validates nothing (see `train`): the validation images
+    carved for it train too, and config.yaml says so (data.val_split: 0). Multi-label and abstaining
+    runs keep theirs (they choose thresholds on it); a source's own val split is never merged."""
+    if not (cfg.train.time and bundle.val_carved and bundle.test is not None):
+        return cfg, bundle
+    if bundle.multilabel or cfg.train.abstain is not None:
+        return cfg, bundle
+    log.info("time budget with a test split: the %d carved validation images train too", len(bundle.val))
+    merged = replace(bundle, train=Split.join([bundle.train, bundle.val]), val=None, val_carved=False)
+    return cfg.replace({"data.val_split": 0.0}), merged
 
 
 def open_checked(cfg: Config) -> DataBundle:

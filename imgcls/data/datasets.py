@@ -111,7 +111,9 @@ def carve_splits(bundle: DataBundle, cfg: DataConfig) -> DataBundle:
         val_fraction = cfg.val_split / (1 - cfg.test_split)  # both fractions are of the whole tree
     if carve_val:
         keep, take = stratified_split(bundle.train.labels, val_fraction, seed=0, groups=groups)
-        bundle = replace(bundle, train=bundle.train.subset(keep), val=bundle.train.subset(take))
+        bundle = replace(
+            bundle, train=bundle.train.subset(keep), val=bundle.train.subset(take), val_carved=True
+        )
     if len(bundle.train) == 0:
         raise DataError(f"dataset {bundle.name!r} has no training images")
     return bundle

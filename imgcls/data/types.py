@@ -54,6 +54,15 @@ class Split:
     def multilabel(self) -> bool:
         return self.labels.ndim == 2
 
+    @classmethod
+    def join(cls, splits: list[Split]) -> Split:
+        """The splits' images one after another (tensors or paths, whichever all of them have)."""
+        return cls(
+            torch.cat([s.labels for s in splits]),
+            torch.cat([s.images for s in splits]) if all(s.images is not None for s in splits) else None,
+            [p for s in splits for p in s.paths] if all(s.paths is not None for s in splits) else None,
+        )
+
     def subset(self, index: torch.Tensor | np.ndarray) -> Split:
         index = torch.as_tensor(index, dtype=torch.long)
         images = self.images[index] if self.images is not None else None
@@ -72,6 +81,7 @@ class DataBundle:
     image_size: int | None = None  # native square size, where the source has one
     flip_ok: bool = True  # horizontal flips keep the label (not for digits)
     single_tree: bool = False  # one class-folder tree or CSV without splits: test is carved too
+    val_carved: bool = False  # the val split was carved from train (not the source's own)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (file or row, reason)
 
     @classmethod

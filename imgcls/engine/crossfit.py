@@ -69,7 +69,7 @@ def cross_fit(
         share = None if deadline is None else (deadline - time.perf_counter()) / (k - fold)
         if share is not None and share <= 0:
             raise ConfigError(
-                f"train.time={cfg.train.time} is used up before fold {fold + 1}: give it more time"
+                f"the time budget is used up before fold {fold + 1} of {k}: give the command more time"
             )
         log.info(
             "fold %d/%d: training on %d images%s, predicting %d",

@@ -15,11 +15,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from safetensors.torch import save_file
 
 import imgcls
 from imgcls import cli
 from imgcls.config import DataConfig
 from imgcls.data.datasets import open_dataset
+from imgcls.models import build_model
 from tests.conftest import CLASSES, write_class_tree
 from tests.multilabel import write_multilabel_manifest
 
@@ -198,15 +200,26 @@ def test_what_cannot_be_reviewed_is_said_before_training(tmp_path: Path, capsys)
     assert "single-label data" in capsys.readouterr().err
     assert cli.main(["data", "labels", str(manifest), "--folds", "1"]) == 2
     assert "at least 2 folds" in capsys.readouterr().err
+    write_class_tree(tmp_path / "tree", per_class=6)
+    assert (
+        cli.main(["data", "labels", str(tmp_path / "tree"), "--time", "1s", "--out", str(tmp_path / "r")])
+        == 2
+    )
+    assert "the time budget is used up before fold 1 of 5" in capsys.readouterr().err
+    write_class_tree(tmp_path / "three", per_class=1)
+    assert cli.main(["data", "labels", str(tmp_path / "three"), "--out", str(tmp_path / "r")]) == 2
+    assert "3 images are too few to cross-fit in 5 folds" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
 
 
 def test_a_pretrained_backbone_gives_a_linear_head_per_fold_on_features_cached_by_content(
     folder: Path, tmp_path: Path, monkeypatch
 ):
-    quick = {"log.progress": False, "train.amp": "off", "data.batch_size": 32}
-    backbone = imgcls.train(data=str(folder), epochs=1, out=tmp_path / "backbone", overrides=quick).run_dir
-    settings = {"model.weights": str(backbone), "train.amp": "off", "log.progress": False}
+    backbone = tmp_path / "backbone.safetensors"  # a backbone's weights file, as --weights takes one
+    save_file(
+        build_model("smallnet", num_classes=10, in_chans=3, input_size=32, width=8).state_dict(), backbone
+    )
+    settings = {"model.weights": str(backbone), "model.width": 8, "train.amp": "off", "log.progress": False}
     first = imgcls.review_labels(str(folder), out=tmp_path / "r1", folds=3, overrides=settings)
     assert first["method"] == "a linear head on smallnet features"
     cache = list((Path(os.environ["IMGCLS_DATA"]) / "cache" / "features").glob("*.npz"))
@@ -225,3 +238,22 @@ def test_a_pretrained_backbone_gives_a_linear_head_per_fold_on_features_cached_b
     ):
         assert np.array_equal(a["probs"], b["probs"]) and a["names"].tolist() == b["names"].tolist()
     assert second["issues"] == first["issues"]
+
+
+@pytest.mark.parametrize(
+    ("review_bytes", "summary", "message"),
+    [
+        (b"path,given\xff\n", None, "is not a UTF-8 CSV file"),
+        (b"path,given\n/x.png,a\n", None, "has no action, suggested column"),
+        (None, "{not json", "labels.json cannot be read"),
+    ],
+)
+def test_a_broken_review_folder_is_one_error_line(
+    reviewed, tmp_path: Path, capsys, review_bytes, summary, message
+):
+    out, _, _ = reviewed
+    (tmp_path / "review.csv").write_bytes(review_bytes or (out / "review.csv").read_bytes())
+    (tmp_path / "labels.json").write_text(summary or (out / "labels.json").read_text())
+    assert cli.main(["data", "apply", str(tmp_path / "review.csv"), "--out", str(tmp_path / "f.csv")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and message in err and "Traceback" not in err, err

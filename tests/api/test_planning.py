@@ -7,7 +7,9 @@ import torch
 
 import imgcls
 from imgcls.api.planning import run_length, size_to_run
+from imgcls.api.runs import run_config
 from imgcls.config import ConfigError, load, parse_duration
+from imgcls.data.datasets import open_dataset
 from imgcls.engine.state import read_state
 from imgcls.engine.train import Plan
 
@@ -36,6 +38,9 @@ def test_a_budgeted_run_ends_within_its_budget(tmp_path: Path):
     assert 0 < trained <= 8
     assert result.history[-1]["lr"] < 0.01 * 0.1  # the schedule annealed to (near) zero on time
     assert result.test["num_samples"] == 359
+    # A budgeted run with a test split validates nothing: the images it would carve for that train too.
+    cfg = run_config(result.run_dir)
+    assert cfg.data.val_split == 0.0 and len(open_dataset(cfg.data).train) == 1797 - 359
 
 
 def test_too_small_a_budget_is_a_clear_error(tmp_path: Path):
