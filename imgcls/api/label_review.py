@@ -159,7 +159,9 @@ def _per_fold(cfg: Config, folds: int) -> Config:
 
 
 def _data_name(data: str) -> str:
-    return os.path.abspath(data) if Path(data).expanduser().exists() else data
+    """The data as `data apply` will open it from anywhere: a path made absolute, else the name."""
+    path = Path(data).expanduser()
+    return os.path.abspath(path) if path.exists() else data
 
 
 def pooled_names(bundle: DataBundle) -> tuple[list[str], list[int], list[str]]:
