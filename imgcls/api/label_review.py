@@ -231,14 +231,15 @@ def _out_of_fold(
     labels = pool.split.labels.numpy()
     if cfg.train.recipe == "finetune":
         features = cached_features(cfg, make_model(), pool, settings)
-        return probe_cross_fit(features, labels, fold_of), f"a linear head on {cfg.model.name} features"
+        fitted = probe_cross_fit(features, labels, fold_of, len(bundle.classes))
+        return fitted, f"a linear head on {cfg.model.name} features"
     fastest_threads_for(cfg, device, make_model())
     deadline = None
     if cfg.train.time is not None:  # the command's budget, less the held-out predictions and the files
         budget = parse_duration(cfg.train.time) * int(fold_of.max() + 1)
         reserve = estimate_eval_seconds(make_model(), 2 * len(labels), cfg) + FINISH_SECONDS
         deadline = start + budget - reserve
-    fitted = cross_fit(cfg, pool.split, fold_of, make_model, settings, deadline)
+    fitted = cross_fit(cfg, pool.split, fold_of, len(bundle.classes), make_model, settings, deadline)
     return fitted, f"{cfg.model.name} trained per fold"
 
 

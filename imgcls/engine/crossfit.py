@@ -52,13 +52,14 @@ def cross_fit(
     cfg: Config,
     split: Split,
     folds: np.ndarray,
+    num_classes: int,
     make_model: Callable[[], Classifier],
     settings: dict[str, Any],
     deadline: float | None = None,
 ) -> CrossFit:
     """Trains a model per fold with the run's recipe (epochs, or an equal share of the time left before
     `deadline`, a perf_counter time) and predicts the held-out fold."""
-    k, num_classes = int(folds.max()) + 1, int(split.labels.max()) + 1
+    k = int(folds.max()) + 1
     probs = np.zeros((len(split), num_classes), dtype=np.float32)
     accuracy = []
     for fold in range(k):
@@ -117,9 +118,11 @@ def _held_out(cfg: Config, model: Classifier, split: Split, settings: dict[str, 
     return torch.softmax(logits.float(), 1).numpy()
 
 
-def probe_cross_fit(features: np.ndarray, labels: np.ndarray, folds: np.ndarray) -> CrossFit:
+def probe_cross_fit(
+    features: np.ndarray, labels: np.ndarray, folds: np.ndarray, num_classes: int
+) -> CrossFit:
     """A linear head (multinomial logistic regression, L-BFGS) per fold on fixed features."""
-    k, num_classes = int(folds.max()) + 1, int(labels.max()) + 1
+    k = int(folds.max()) + 1
     probs = np.zeros((len(labels), num_classes), dtype=np.float32)
     accuracy = []
     x_all, y_all = torch.from_numpy(features).float(), torch.from_numpy(labels).long()

@@ -257,3 +257,13 @@ def test_a_broken_review_folder_is_one_error_line(
     assert cli.main(["data", "apply", str(tmp_path / "review.csv"), "--out", str(tmp_path / "f.csv")]) == 2
     err = capsys.readouterr().err
     assert err.count("error:") == 1 and message in err and "Traceback" not in err, err
+
+
+def test_an_empty_class_folder_keeps_its_column(tmp_path: Path):
+    write_class_tree(tmp_path / "tree", per_class=8)
+    (tmp_path / "tree" / "triangle").mkdir()  # a class folder with no images yet
+    settings = {"train.amp": "off", "log.progress": False, "train.epochs": 2}
+    summary = imgcls.review_labels(str(tmp_path / "tree"), out=tmp_path / "r", folds=2, overrides=settings)
+    assert summary["classes"] == [*CLASSES, "triangle"]
+    with np.load(tmp_path / "r" / "probabilities.npz") as stored:
+        assert stored["probs"].shape == (3 * 8, 4)
