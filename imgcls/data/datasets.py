@@ -102,7 +102,9 @@ def carve_splits(bundle: DataBundle, cfg: DataConfig) -> DataBundle:
     """
     carve_test = bundle.test is None and cfg.test_split > 0 and bundle.single_tree
     carve_val = bundle.val is None and cfg.val_split > 0
-    groups = _duplicate_groups(bundle) if carve_test or carve_val else None
+    groups = None
+    if carve_test or carve_val:
+        bundle, groups = _duplicate_groups(bundle)
     val_fraction = cfg.val_split
     if carve_test:
         keep, take = stratified_split(bundle.train.labels, cfg.test_split, seed=1, groups=groups)
@@ -119,16 +121,21 @@ def carve_splits(bundle: DataBundle, cfg: DataConfig) -> DataBundle:
     return bundle
 
 
-def _duplicate_groups(bundle: DataBundle) -> np.ndarray | None:
-    """Duplicate groups of a file dataset's training images (built-ins are curated: None)."""
+def _duplicate_groups(bundle: DataBundle) -> tuple[DataBundle, np.ndarray | None]:
+    """Duplicate groups of a file dataset's training images (built-ins are curated: None). Every file
+    has been opened for them, so the bundle learns its channels too (1 when every readable image is
+    grayscale), which spares training a second pass over the files."""
     if bundle.train.paths is None or bundle.train.images is not None or len(bundle.train) < 2:
-        return None
-    from imgcls.data.doctor import duplicate_groups
+        return bundle, None
+    from imgcls.data.doctor.checks import duplicate_groups, split_facts
 
-    groups, shared = duplicate_groups(bundle.train)
+    facts = split_facts(bundle.train)
+    groups, shared = duplicate_groups(bundle.train, facts)
     if shared:
         log.info("carving splits: %d group(s) of identical or near-identical images kept together", shared)
-    return groups
+    readable = [f for f in facts if f.error is None]
+    channels = 1 if readable and all(f.gray for f in readable) else 3
+    return replace(bundle, channels=bundle.channels or channels), groups
 
 
 def stratified_split(

@@ -17,6 +17,7 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 from imgcls.errors import ImgclsError
 
 # PIL warns above this many pixels and raises at twice; we refuse at the warning already.
+GRAY_MODES = {"1", "L", "LA", "La", "I", "F", "I;16", "I;16B", "I;16L", "I;16N"}  # decoded as 1 channel
 MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
 IMAGE_EXTENSIONS = {
     ".jpg",

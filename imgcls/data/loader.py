@@ -22,7 +22,7 @@ from PIL import Image
 
 from imgcls.config import DataConfig
 from imgcls.data.datasets import DataBundle, DataError, Split, data_root
-from imgcls.data.decode import ImageDecodeError, open_image
+from imgcls.data.decode import GRAY_MODES, ImageDecodeError, open_image
 from imgcls.data.memory import (
     BatchAugment,
     BatchMix,
@@ -38,7 +38,6 @@ from imgcls.data.types import ImageSource
 from imgcls.utils.env import available_cores
 
 log = logging.getLogger("imgcls")
-GRAY_MODES = {"1", "L", "LA", "La", "I", "F", "I;16", "I;16B", "I;16L", "I;16N"}
 RAM_FRACTION = 0.25  # cache a dataset in RAM when it takes at most this share of physical memory
 
 

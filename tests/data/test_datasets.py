@@ -82,3 +82,15 @@ def test_carved_splits_keep_identical_and_near_identical_images_together(tmp_pat
         overrides={"log.progress": False, "data.image_size": 16},
     )
     assert result.test is not None  # the leakage check found nothing to refuse
+
+
+def test_carving_a_folder_learns_its_channels_from_the_files_it_opened(tmp_path: Path, image_tree: Path):
+    for name in ("a", "b"):
+        (tmp_path / "gray" / name).mkdir(parents=True)
+        for i in range(4):
+            Image.new("L", (12, 12), 40 * i + (name == "b") * 100).save(tmp_path / "gray" / name / f"{i}.png")
+    assert open_dataset(DataConfig(name=str(tmp_path / "gray"))).channels == 1
+    assert open_dataset(DataConfig(name=str(image_tree))).channels == 3  # RGB photos
+    (tmp_path / "gray" / "a" / "broken.png").write_bytes(b"")  # an unreadable file changes nothing
+    Image.new("RGB", (12, 12), (200, 10, 10)).save(tmp_path / "gray" / "b" / "colour.png")
+    assert open_dataset(DataConfig(name=str(tmp_path / "gray"))).channels == 3

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
-from imgcls.data.decode import MAX_PIXELS, ImageDecodeError, open_image
+from imgcls.data.decode import GRAY_MODES, MAX_PIXELS, ImageDecodeError, open_image
 from imgcls.data.stats import pixel_sums
 from imgcls.data.types import ImageSource
 from imgcls.utils.env import available_cores
@@ -96,7 +96,7 @@ def _inspect(split: str, path: ImageSource) -> ImageFacts:
                     info.error = ("bomb", f"decompression bomb ({im.width}x{im.height} pixels)")
                     return info
                 info.odd = _oddities(im)
-                info.gray = im.mode in ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
+                info.gray = im.mode in GRAY_MODES
     except UnidentifiedImageError:
         info.error = ("not-image", "not an image file")
         return info
