@@ -95,6 +95,7 @@ def review_labels(
     bundle = open_dataset(cfg.data)
     if bundle.multilabel:
         raise DataError("imgcls data labels reviews single-label data; this manifest lists label sets")
+    end = start + parse_duration(cfg.train.time) if cfg.train.time else None  # the command's budget
     cfg = plan_run(_per_fold(cfg, folds), replace(bundle, train=_merged(bundle)), FOLD_EPOCHS)
     _suggest_features(cfg)
     pool, stats = _pool(bundle, cfg)
@@ -103,7 +104,7 @@ def review_labels(
         raise DataError(f"{len(labels)} images are too few to cross-fit in {folds} folds (--folds)")
     groups, conflicts = _duplicates(pool, bundle.classes)
     fold_of = stratified_folds(labels, groups, folds, cfg.train.seed)
-    fitted, method = _out_of_fold(cfg, pool, bundle, stats, fold_of, device, start)
+    fitted, method = _out_of_fold(cfg, pool, bundle, stats, fold_of, device, end)
     issues = find_label_issues(labels, fitted.probs, rank_by)
     far = outliers(fitted.embeddings, labels)
     rows = review_rows(pool, bundle.classes, issues, fitted.probs, conflicts, far)
@@ -152,7 +153,8 @@ def _log_result(summary: dict[str, Any]) -> None:
 
 
 def _per_fold(cfg: Config, folds: int) -> Config:
-    """A command's time budget planned as each fold's share (a short budget: the short recipe)."""
+    """A command's time budget planned as each fold's share (a short budget: the short recipe); the folds
+    then share out what is left of the command's own budget as they go."""
     if cfg.train.time is None:
         return cfg
     return cfg.replace({"train.time": f"{parse_duration(cfg.train.time) / folds:.3g}s"})
@@ -219,9 +221,10 @@ def _out_of_fold(
     stats: tuple,
     fold_of: np.ndarray,
     device: torch.device,
-    start: float,
+    end: float | None,
 ) -> tuple[CrossFit, str]:
-    """Cross-fitting with the planned recipe; from a pretrained backbone, a linear head on its features."""
+    """Cross-fitting with the planned recipe (within the command's budget, which runs out at `end`, a
+    perf_counter time); from a pretrained backbone, a linear head on its features."""
 
     def make_model() -> Classifier:
         model = new_model(cfg, bundle.classes, stats).to(device)
@@ -235,10 +238,8 @@ def _out_of_fold(
         return fitted, f"a linear head on {cfg.model.name} features"
     fastest_threads_for(cfg, device, make_model())
     deadline = None
-    if cfg.train.time is not None:  # the command's budget, less the held-out predictions and the files
-        budget = parse_duration(cfg.train.time) * int(fold_of.max() + 1)
-        reserve = estimate_eval_seconds(make_model(), 2 * len(labels), cfg) + FINISH_SECONDS
-        deadline = start + budget - reserve
+    if end is not None:  # the command's budget, less the held-out predictions and the files
+        deadline = end - estimate_eval_seconds(make_model(), 2 * len(labels), cfg) - FINISH_SECONDS
     fitted = cross_fit(cfg, pool.split, fold_of, len(bundle.classes), make_model, settings, deadline)
     return fitted, f"{cfg.model.name} trained per fold"
 
