@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import platform
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -13,6 +15,7 @@ import torch
 from imgcls.utils.env import available_cores
 
 RESULTS = Path(__file__).resolve().parent / "results"
+REPO = RESULTS.parents[1]
 
 
 def machine() -> dict:
@@ -40,3 +43,21 @@ def save(name: str, data: dict) -> Path:
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps({"machine": machine(), **data}, indent=2) + "\n")
     return path
+
+
+def imgcls_train(out: Path, budget: str = "default", overrides: dict | None = None, seed: int = 0) -> dict:
+    """`imgcls train` as a user runs it (a fresh process, quiet): whole-command wall time and test accuracy.
+    `budget` is a `--time` value, or "default" for the plain command."""
+    cmd = [sys.executable, "-m", "imgcls", "-q", "train", "--out", str(out), "--set", "log.progress=false"]
+    cmd += [] if budget == "default" else ["--time", budget]
+    for key, value in {"train.seed": seed, **(overrides or {})}.items():
+        cmd += ["--set", f"{key}={value}"]
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True, cwd=REPO, capture_output=True)
+    wall = time.perf_counter() - start
+    return {"wall_s": round(wall, 1), "accuracy": json.loads((out / "eval.json").read_text())["accuracy"]}
+
+
+def mean_spread(values: list[float]) -> str:
+    """'mean (min-max)' in percent, for accuracies in [0, 1]."""
+    return f"{100 * sum(values) / len(values):.2f} ({100 * min(values):.2f}-{100 * max(values):.2f})"

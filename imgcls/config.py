@@ -22,6 +22,9 @@ from imgcls.errors import ImgclsError
 LAUNCH_KEY = "launch"
 
 
+TTA_MODES = ("off", "flip", "shift", "flip-shift")  # train.tta's values besides auto (see Classifier._views)
+
+
 class ConfigError(ImgclsError, ValueError):
     """A bad config key or value; the message names the key and what is allowed."""
 
@@ -30,12 +33,16 @@ class ConfigError(ImgclsError, ValueError):
 class DataConfig:
     name: str = "fashion-mnist"  # built-in name, folder, CSV manifest, hf:DATASET, Parquet, or .tar shards
     val_split: float = 0.1  # carved (stratified, seeded) from train when the data has no val split
+    # carved validation images a run would not use (a time budget with a test split): train on them, or keep
+    unused_val: Literal["train", "keep"] = "train"
     test_split: float = 0.1  # carved from a single class-folder tree that has no test split
     image_size: int | None = None  # None: the dataset's native size, else the model's default
     channels: int | None = None  # None: 1 for all-grayscale data, else 3
     batch_size: int = 128
     eval_batch_size: int = 1024
-    augment: Literal["auto", "none", "crop", "crop-flip"] = "auto"  # auto: by run length; no flips for digits
+    augment: Literal["auto", "none", "flip", "crop", "crop-flip"] = (
+        "auto"  # auto: by run length; no flips for digits
+    )
     cutout: int = 0  # side (px) of a square zeroed at a random place in each training image; 0: off
     mixup: float = 0.0  # Beta(alpha, alpha) mixing of image pairs and their labels; 0: off
     cutmix: float = 0.0  # like mixup, pasting a box of one image into another; with mixup: either, 50/50
@@ -80,6 +87,7 @@ class ModelConfig:
     drop_rate: float = 0.0
     width: int | None = None  # smallnet's base width; None: sized to the run's length (see README)
     small_stem: bool = False  # ResNets: 3x3 stride-1 stem without max-pool, for 28-64 px images
+    dirac_init: bool = False  # from scratch: each conv's first filters start as the identity (airbench)
 
     def validate(self) -> None:
         _check(0 <= self.drop_rate < 1, "model.drop_rate", "must be in [0, 1)")
@@ -105,8 +113,10 @@ class OptimConfig:
     warmup_epochs: float = 1.0  # linear warm-up (cosine/step/constant); onecycle sets its own
     step_epochs: int = 30  # step schedule: multiply the lr by step_gamma every step_epochs
     step_gamma: float = 0.1
+    bias_lr_scale: float = 1.0  # from scratch: biases and normalization parameters train at this x lr
 
     def validate(self) -> None:
+        _check(self.bias_lr_scale > 0, "optim.bias_lr_scale", "must be > 0")
         _check(self.lr in (None, "auto") or self.lr > 0, "optim.lr", "must be > 0 or auto")
         _check(self.weight_decay is None or self.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
         _check(0 < self.backbone_lr_ratio <= 1, "optim.backbone_lr_ratio", "must be in (0, 1]")
@@ -137,7 +147,8 @@ class TrainConfig:
     threads: int | None = (
         None  # CPU threads; None: $OMP_NUM_THREADS, else the fastest count timed at the start
     )
-    tta: Literal["auto", "flip", "off"] = "auto"  # evaluate on image + mirror; auto: when trained with flips
+    # test-time views: the mirror (flip), 1 px moves (shift) or both; auto: the moves training saw
+    tta: Literal["auto", "off", "flip", "shift", "flip-shift"] = "auto"
     checkpoint_every: int = (
         0  # also save the training state every N optimizer steps (mid-epoch); 0: epochs only
     )

@@ -88,7 +88,7 @@ def test_calibrate_lowers_the_error_of_an_overconfident_run(tmp_path: Path, caps
     run = imgcls.train(
         data=str(data), model="smallnet", epochs=30, out=tmp_path / "r", overrides=over
     ).run_dir
-    assert cli.main(["eval", str(run), "--calibrate", "--tta", "off"]) == 0
+    assert cli.main(["eval", str(run), "--calibrate", "--tta", "flip-shift"]) == 0
     result = json.loads((run / "eval.json").read_text())
     assert result["temperature"] > 1  # over-confident: probabilities get softened
     assert result["calibration_after"]["ece"] < result["calibration_before"]["ece"]
@@ -100,7 +100,7 @@ def test_calibrate_lowers_the_error_of_an_overconfident_run(tmp_path: Path, caps
     model.model.meta.temperature = 1.0
     raw = model.model(x)
     assert torch.allclose(logits * result["temperature"], raw, atol=1e-4)
-    assert set(result["tta"]) == {"off", "flip"}
+    assert set(result["tta"]) == {"off", "flip-shift"}
     page = (run / "report.html").read_text()
     for section in SECTIONS + ("tta",):
         assert f'id="{section}"' in page

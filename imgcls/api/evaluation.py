@@ -139,7 +139,7 @@ def _rechoose(
             "thresholds tuned on the validation split when it trained (train.threshold_precision sets their goal)"
         )
     if tta is not None:  # both ways, so the report shows what the augmentation is worth
-        extra["tta"] = _tta_accuracies(predictor, lambda: logits_of(split))
+        extra["tta"] = _tta_accuracies(predictor, lambda: logits_of(split), tta)
         meta.tta = tta
     if calibrate or abstain is not None:
         meta.temperature = 1.0  # the logits to fit on are the raw ones
@@ -173,10 +173,10 @@ def _prepared(split: Split, data_cfg: DataConfig, meta: ModelMeta) -> Split:
     return prepare(bundle, replace(data_cfg, strict=False), meta.input_size, meta.in_chans).train
 
 
-def _tta_accuracies(predictor: Predictor, logits_labels) -> dict[str, float]:
-    """Accuracy (multi-label: macro mAP) without and with flip TTA."""
+def _tta_accuracies(predictor: Predictor, logits_labels, chosen: str) -> dict[str, float]:
+    """Accuracy (multi-label: macro mAP) without test-time views and with the chosen ones."""
     accuracies = {}
-    for mode in ("off", "flip"):
+    for mode in dict.fromkeys(("off", chosen)):
         predictor.meta.tta = mode
         logits, labels = logits_labels()
         accuracies[mode] = (

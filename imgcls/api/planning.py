@@ -41,6 +41,10 @@ MULTILABEL_FINISH_SECONDS = (
     4.5  # ... with the multi-label report's precision-recall and co-occurrence figures
 )
 SMALLNET_WIDTH = {"short": 8, "medium": 16, "long": 32}
+AUGMENT = {"short": "none", "medium": "flip", "long": "crop-flip"}  # for data whose labels mirroring keeps
+# Test-time views help only a model that saw such moves in training (flip TTA on a model trained
+# without flips cost 1 point): auto TTA uses the moves of the training's augmentation.
+TRAINED_VIEWS = {"none": "off", "flip": "flip", "crop": "shift", "crop-flip": "flip-shift"}
 
 
 def make_config(
@@ -70,9 +74,7 @@ def plan_run(cfg: Config, bundle: DataBundle, default_epochs: int = DEFAULT_EPOC
     """
     cfg = resolve_epochs(size_to_run(resolve_recipe(cfg), bundle.flip_ok), len(bundle.train), default_epochs)
     size = cfg.data.image_size or bundle.image_size or default_input_size(cfg.model.name)
-    tta = cfg.train.tta
-    if tta == "auto":  # mirrored test images help only a model that was trained on mirrored images
-        tta = "flip" if cfg.data.augment == "crop-flip" else "off"
+    tta = cfg.train.tta if cfg.train.tta != "auto" else TRAINED_VIEWS[cfg.data.augment]
     # The task as found (auto resolved): eval on other data reads its labels the way the model was trained.
     return cfg.replace(
         {
@@ -85,10 +87,10 @@ def plan_run(cfg: Config, bundle: DataBundle, default_epochs: int = DEFAULT_EPOC
 
 
 def run_length(cfg: Config) -> str:
-    """short (<= 5 epochs or 90 s), medium (<= 15 epochs or 8 min) or long."""
+    """short (<= 5 epochs or 150 s), medium (<= 15 epochs or 8 min) or long."""
     if cfg.train.time is not None:
         seconds = config_lib.parse_duration(cfg.train.time)
-        return "short" if seconds <= 90 else "medium" if seconds <= 480 else "long"
+        return "short" if seconds <= 150 else "medium" if seconds <= 480 else "long"
     epochs = cfg.train.epochs or DEFAULT_EPOCHS
     return "short" if epochs <= 5 else "medium" if epochs <= 15 else "long"
 
@@ -140,14 +142,16 @@ def size_to_run(cfg: Config, flip_ok: bool) -> Config:
     """Resolves the `auto` settings that depend on the run's length: smallnet's width and augmentation.
 
     Short runs learn most per second with a narrow net and no augmentation (a few passes over the
-    data do not overfit); long runs can afford width, and need augmentation.
+    data do not overfit); longer runs can afford width, and need augmentation: mirror images from the
+    medium length on, random translation too for long runs (bench/speed_ablation.py: on Fashion-MNIST
+    translation cost a point at 2 minutes, and mirroring alone beat both at 5).
     """
     length = run_length(cfg)
     updates: dict[str, Any] = {}
     if cfg.model.name == "smallnet" and cfg.model.width is None:
         updates["model.width"] = SMALLNET_WIDTH[length]
     if cfg.data.augment == "auto":
-        updates["data.augment"] = "none" if length == "short" else ("crop-flip" if flip_ok else "crop")
+        updates["data.augment"] = AUGMENT[length] if flip_ok else ("none" if length == "short" else "crop")
     return cfg.replace(updates)
 
 

@@ -28,6 +28,7 @@ from imgcls.engine.state import TrainState
 from imgcls.engine.threads import choose_threads
 from imgcls.engine.train import Plan, fit, head_phase, new_state
 from imgcls.models import Classifier, build_model
+from imgcls.models.base import dirac_init
 from imgcls.models.checkpoint import load_weights
 from imgcls.models.transfer import NUM_GROUPS
 from imgcls.reporting import data_report_text, plot_curves, plot_lr_find
@@ -207,8 +208,11 @@ def fastest_threads_for(cfg: Config, device: torch.device, model: Classifier) ->
 def train_on_unused_val(cfg: Config, bundle: DataBundle) -> tuple[Config, DataBundle]:
     """A time-budgeted run with a test split validates nothing (see `train`): the validation images
     carved for it train too, and config.yaml says so (data.val_split: 0). Multi-label and abstaining
-    runs keep theirs (they choose thresholds on it); a source's own val split is never merged."""
-    if not (cfg.train.time and bundle.val_carved and bundle.test is not None):
+    runs keep theirs (they choose thresholds on it); a source's own val split is never merged; nor are they
+    with data.unused_val=keep."""
+    if not (
+        cfg.train.time and bundle.val_carved and bundle.test is not None and cfg.data.unused_val == "train"
+    ):
         return cfg, bundle
     if bundle.multilabel or cfg.train.abstain is not None:
         return cfg, bundle
@@ -259,6 +263,8 @@ def new_model(cfg: Config, classes: list[str], stats: tuple, task: str = "multic
     # Pretrained features expect the normalization they were learnt with; from scratch, the data's own.
     if not (cfg.model.pretrained or cfg.model.weights):
         model.set_normalization(*stats)
+        if cfg.model.dirac_init:
+            dirac_init(model.backbone)
     return model
 
 

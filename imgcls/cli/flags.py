@@ -11,7 +11,7 @@ import argparse
 import os
 from typing import Any
 
-from imgcls.config import parse_overrides
+from imgcls.config import TTA_MODES, parse_overrides
 
 KEY_PREFIX = "cfg:"  # the argparse dest of a flag that sets a config key: cfg:<section.key>
 
@@ -57,7 +57,7 @@ OWN = {
         "--split": (None, {"choices": ["test", "val"], "default": "test"}),
         "--batch-size": (None, {"type": int}),
         "--json": (None, {"action": "store_true", "help": "print the metrics as one JSON object on stdout"}),
-        "--tta": (None, {"choices": ["flip", "off"], "help": "evaluate with/without flip TTA (both are reported); kept for the model"}),
+        "--tta": (None, {"choices": list(TTA_MODES), "help": "evaluate with these test-time views (reported with and without); kept for the model"}),
         "--calibrate": (None, {"action": "store_true", "help": "fit temperature scaling on the validation split, store it with the model, report ECE before/after"}),
         "--abstain": (None, {"metavar": "0.99|coverage=0.9", "help": "calibrate, then choose on the validation split the confidence below which the model answers \"I don't know\" (for this precision, or coverage); stored with the model"}),
         "--ood": (None, {"metavar": "DATA", "help": "images of none of the classes (a folder, manifest or dataset): report the AUROC of telling them apart by confidence"}),

@@ -145,7 +145,8 @@ def build_loader(
     """
     batch = cfg.batch_size if train else cfg.eval_batch_size
     aug_mode = cfg.augment if cfg.augment != "auto" else ("crop-flip" if flip else "crop")
-    crop, use_flip = train and aug_mode != "none", train and aug_mode == "crop-flip"
+    crop = train and aug_mode in ("crop", "crop-flip")
+    use_flip = train and aug_mode in ("flip", "crop-flip")
     cutout = cfg.cutout if train else 0
     mix = None
     if train and (cfg.mixup > 0 or cfg.cutmix > 0):
@@ -154,7 +155,7 @@ def build_loader(
         mix = BatchMix(num_classes, cfg.mixup, cfg.cutmix)
     weights = balanced_weights(split.labels) if train and cfg.sampler == "balanced" else None
     if split.images is not None and cfg.cache != "off":
-        augment = BatchAugment(size, use_flip, cutout, crop=crop) if crop or cutout else None
+        augment = BatchAugment(size, use_flip, cutout, crop=crop) if crop or use_flip or cutout else None
         return MemoryLoader(
             split.images,
             split.labels,
@@ -169,7 +170,7 @@ def build_loader(
             world=world,
             sample_weights=weights,
         )
-    transform = train_augment(size, use_flip, cutout, crop=crop) if crop or cutout else None
+    transform = train_augment(size, use_flip, cutout, crop=crop) if crop or use_flip or cutout else None
     dataset = StreamDataset(split, size, channels, transform, seed=seed)
     return StreamLoader(
         dataset,

@@ -29,6 +29,7 @@ def build_optimizer(model: Classifier, cfg: OptimConfig, finetune: bool = False)
         groups = discriminative_param_groups(model, cfg.lr, cfg.weight_decay, cfg.backbone_lr_ratio)
     else:
         groups = model.param_groups(cfg.weight_decay)
+        groups[1]["lr"] = cfg.lr * cfg.bias_lr_scale  # the no-decay group: biases and normalization
     if cfg.name == "sgd":
         return torch.optim.SGD(
             groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0, foreach=True

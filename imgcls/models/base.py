@@ -38,7 +38,9 @@ class ModelMeta:
     mean: tuple[float, ...] = (0.5,)
     std: tuple[float, ...] = (0.5,)
     drop_rate: float = 0.0
-    tta: str = "off"  # "flip": eval-mode forward averages the logits of the image and its mirror
+    tta: str = (
+        "off"  # eval-mode forward averages the logits of views: "flip", "shift", "flip-shift" (TTA_MODES)
+    )
     temperature: float = (
         1.0  # eval-mode logits are divided by it (temperature scaling, `imgcls eval --calibrate`)
     )
@@ -148,14 +150,29 @@ class Classifier(nn.Module):
         return self.head(self.head_drop(features))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits = self.forward_head(self.forward_features(x))
-        if self.meta.tta == "flip" and not self.training:
-            # Test-time augmentation lives in the model, so eval, predict and export agree.
-            logits = (logits + self.forward_head(self.forward_features(x.flip(3)))) / 2
+        # Test-time augmentation lives in the model, so eval, predict and export agree.
+        tta = "off" if self.training else self.meta.tta
+        logits = self._views(x, tta) if tta != "off" else self.forward_head(self.forward_features(x))
         if self.meta.temperature != 1.0 and not self.training:
             # Calibrated probabilities live in the model too; dividing by T > 0 never changes the argmax.
             logits = logits / self.meta.temperature
         return logits
+
+    def _views(self, x: torch.Tensor, tta: str) -> torch.Tensor:
+        """Mean logits over the test-time views: the image and its mirror ("flip"), and/or the image moved
+        1 px up-left and down-right ("shift", reflect-padded), the moved views weighing half (airbench's TTA)."""
+
+        def view(image: torch.Tensor) -> torch.Tensor:
+            logits = self.forward_head(self.forward_features(image))
+            if "flip" in tta:
+                logits = (logits + self.forward_head(self.forward_features(image.flip(3)))) / 2
+            return logits
+
+        if "shift" not in tta:
+            return view(x)
+        h, w = x.shape[-2:]
+        padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
+        return (view(x) + (view(padded[..., :h, :w]) + view(padded[..., 2:, 2:])) / 2) / 2
 
     def train(self, mode: bool = True) -> Classifier:
         """Train mode, except for frozen BatchNorm layers: their running statistics stay as pretrained."""
@@ -179,6 +196,15 @@ class Classifier(nn.Module):
             if p.requires_grad:
                 (no_decay if p.ndim <= 1 else decay).append(p)
         return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+@torch.no_grad()
+def dirac_init(module: nn.Module) -> None:
+    """Each convolution's first `in_channels` filters pass their input through unchanged (airbench's
+    identity init): a deep net starts close to a shallow one and learns faster in its first epochs."""
+    for conv in module.modules():
+        if isinstance(conv, nn.Conv2d) and conv.groups == 1 and conv.out_channels >= conv.in_channels:
+            nn.init.dirac_(conv.weight[: conv.in_channels])
 
 
 def adapt_first_conv(module: nn.Module, in_chans: int) -> None:

@@ -331,11 +331,12 @@ def render_html(
         abstention=result.get("abstention") and abstention_text(result["abstention"]),
         ood=result.get("ood"),
         tta=tta
-        and {
-            "off": _pct(tta["off"]),
-            "flip": _pct(tta["flip"]),
-            "gain": f"{100 * (tta['flip'] - tta['off']):+.2f}",
-        },
+        and [
+            (mode, _pct(score), f"{100 * (score - tta['off']):+.2f}")
+            for mode, score in tta.items()
+            if mode != "off"
+        ],
+        tta_off=tta and _pct(tta["off"]),
     )
 
 

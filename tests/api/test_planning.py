@@ -43,6 +43,18 @@ def test_a_budgeted_run_ends_within_its_budget(tmp_path: Path):
     assert cfg.data.val_split == 0.0 and len(open_dataset(cfg.data).train) == 1797 - 359
 
 
+# digits: 1,797 images, 359 of them its test split; 143 of the rest carved for validation
+@pytest.mark.parametrize(("unused_val", "train_size"), [("train", 1797 - 359), ("keep", 1797 - 359 - 143)])
+def test_unused_val_keep_holds_the_carved_validation_images_out(unused_val, train_size):
+    from imgcls.api.training import train_on_unused_val
+
+    cfg = load(None, {"data.name": "digits", "train.time": "10s", "data.unused_val": unused_val})
+    bundle = open_dataset(cfg.data)
+    planned, merged = train_on_unused_val(cfg, bundle)
+    assert len(merged.train) == train_size and (merged.val is None) == (unused_val == "train")
+    assert planned.data.val_split == (0.0 if unused_val == "train" else 0.1)
+
+
 def test_too_small_a_budget_is_a_clear_error(tmp_path: Path):
     with pytest.raises(ConfigError, match="leaves no time to train"):
         imgcls.train(data="digits", time="0.01s", out=tmp_path / "r", overrides={"log.progress": False})
@@ -59,8 +71,9 @@ def test_plan_progress_by_steps_and_by_clock():
     [
         ({"train.epochs": 4}, "short", 8, "none"),
         ({"train.time": "20s"}, "short", 8, "none"),
-        ({"train.epochs": 10}, "medium", 16, "crop-flip"),
-        ({"train.time": "5m"}, "medium", 16, "crop-flip"),
+        ({"train.time": "2m"}, "short", 8, "none"),
+        ({"train.epochs": 10}, "medium", 16, "flip"),
+        ({"train.time": "5m"}, "medium", 16, "flip"),
         ({"train.time": "20m"}, "long", 32, "crop-flip"),
         ({"train.time": "20m", "model.width": 12, "data.augment": "crop"}, "long", 12, "crop"),
     ],
@@ -74,6 +87,8 @@ def test_auto_settings_follow_the_run_length(overrides, length, width, augment):
 
 def test_no_flips_for_data_whose_labels_flips_change():
     assert size_to_run(load(None, {"train.epochs": 20}), flip_ok=False).data.augment == "crop"
+    assert size_to_run(load(None, {"train.epochs": 10}), flip_ok=False).data.augment == "crop"
+    assert size_to_run(load(None, {"train.epochs": 3}), flip_ok=False).data.augment == "none"
 
 
 def test_flip_tta_averages_image_and_mirror():
@@ -88,6 +103,37 @@ def test_flip_tta_averages_image_and_mirror():
     )
     model.train()
     assert model(x).shape == (2, 3)  # training forward ignores TTA
+
+
+def test_shift_tta_adds_the_image_moved_one_pixel_both_ways_at_half_weight():
+    from imgcls.models import build_model
+
+    model = build_model("smallnet", num_classes=3, in_chans=1, input_size=16, width=4).eval()
+    x = torch.rand(2, 1, 16, 16)
+    logits = lambda image: model.forward_head(model.forward_features(image))  # noqa: E731
+    padded = torch.nn.functional.pad(x, (1, 1, 1, 1), mode="reflect")
+    up_left, down_right = padded[..., :16, :16], padded[..., 2:, 2:]
+    assert torch.equal(up_left[..., 1:, 1:], x[..., :15, :15])  # moved by one pixel, not cropped elsewhere
+    model.meta.tta = "shift"
+    expected = (logits(x) + (logits(up_left) + logits(down_right)) / 2) / 2
+    assert torch.allclose(model(x), expected, atol=1e-6)
+    model.meta.tta = "flip-shift"
+    both = [(logits(v) + logits(v.flip(3))) / 2 for v in (x, up_left, down_right)]
+    assert torch.allclose(model(x), (both[0] + (both[1] + both[2]) / 2) / 2, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("augment", "tta"), [("none", "off"), ("flip", "flip"), ("crop", "shift"), ("crop-flip", "flip-shift")]
+)
+def test_auto_tta_uses_the_moves_training_saw(augment, tta):
+    from imgcls.api.planning import plan_run
+    from imgcls.data.types import DataBundle, Split
+
+    images = torch.zeros(8, 1, 12, 12, dtype=torch.uint8)
+    bundle = DataBundle("tiny", ["a", "b"], Split(torch.tensor([0, 1] * 4), images), channels=1)
+    assert plan_run(load(None, {"data.augment": augment}), bundle).train.tta == tta
+    chosen = load(None, {"data.augment": augment, "train.tta": "shift"})
+    assert plan_run(chosen, bundle).train.tta == "shift"  # a chosen TTA stays
 
 
 def test_unset_epochs_give_a_small_dataset_enough_steps():

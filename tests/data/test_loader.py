@@ -70,6 +70,24 @@ def test_batch_augment_translates_and_flips():
     assert not torch.equal(out, x)
 
 
+def test_flip_augment_mirrors_without_moving():
+    """data.augment=flip: some images mirrored, none translated."""
+    images = torch.zeros(64, 1, 8, 8, dtype=torch.uint8)
+    images[:, :, 3:5, 0] = 255  # a bar on the left edge
+    cfg = DataConfig(name="x", batch_size=64, augment="flip")
+    loader = build_loader(
+        Split(torch.zeros(64, dtype=torch.long), images),
+        cfg,
+        size=8,
+        channels=1,
+        device=torch.device("cpu"),
+        train=True,
+    )
+    (x, _), *_ = list(loader)
+    left, right = (x[:, 0, 3:5, 0] == 1).all(1), (x[:, 0, 3:5, 7] == 1).all(1)
+    assert (left ^ right).all() and 0 < right.sum() < 64  # each image: the bar at one edge, mirrored or not
+
+
 def test_channels_follow_the_data(image_tree: Path, tmp_path: Path):
     assert resolve_channels(open_dataset(DataConfig(name=str(image_tree))), DataConfig()) == 3
     gray = tmp_path / "gray"

@@ -51,6 +51,23 @@ def test_export_passes_its_parity_check_and_carries_metadata(rgb_run: Path, fmt:
     assert abs(float(probs.max()) - expected["probability"]) < 1e-3
 
 
+def test_test_time_views_travel_with_the_export(rgb_run: Path, tmp_path: Path, capsys):
+    import shutil
+
+    from imgcls.models.checkpoint import update_meta
+
+    run = tmp_path / "run"
+    shutil.copytree(rgb_run, run)
+    update_meta(run, {"tta": "flip-shift"})  # six views: the image, 1 px moves, and their mirrors
+    assert cli.main(["export", str(run), "--format", "onnx", "--layout", "nchw"]) == 0
+    assert "top-1 agreement with PyTorch 100.00%" in capsys.readouterr().out
+    image = torch.randint(0, 255, (3, 32, 32), dtype=torch.uint8)
+    probs = load_artifact(run / "model.onnx")(image[None].numpy())
+    with_views = imgcls.load(run, device="cpu").predict(image)[0]["probability"]
+    without = imgcls.load(rgb_run, device="cpu").predict(image)[0]["probability"]
+    assert abs(float(probs.max()) - with_views) < 1e-4 and with_views != without
+
+
 def test_a_disagreeing_export_fails(rgb_run: Path, tmp_path: Path, monkeypatch, capsys):
     monkeypatch.setattr(export_lib, "PROB_TOLERANCE", -1.0)  # ExportError -> one line, exit 2
     assert cli.main(["export", str(rgb_run), "--format", "onnx", "--out", str(tmp_path / "m2.onnx")]) == 2

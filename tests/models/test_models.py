@@ -48,6 +48,29 @@ def test_param_groups_exempt_biases_and_norms_from_decay():
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
 
 
+def test_bias_lr_scale_speeds_up_biases_and_norms_only():
+    from imgcls.config import OptimConfig
+    from imgcls.engine.optim import build_optimizer
+
+    model = build_model("smallnet", num_classes=3, in_chans=1, input_size=28)
+    weights, norms = build_optimizer(model, OptimConfig(lr=0.1, bias_lr_scale=8)).param_groups
+    assert weights["lr"] == 0.1 and norms["lr"] == pytest.approx(0.8)
+    assert all(p.ndim <= 1 for p in norms["params"])
+
+
+def test_dirac_init_passes_each_conv_input_through():
+    from imgcls.models.base import dirac_init
+
+    model = build_model("smallnet", num_classes=3, in_chans=1, input_size=28, width=4)
+    dirac_init(model.backbone)
+    stem, first_group = model.backbone[0], model.backbone[3][0]
+    x = torch.rand(1, 1, 6, 6)
+    assert torch.allclose(torch.nn.functional.conv2d(x, stem.weight[:1], padding=1), x)
+    y = torch.rand(1, first_group.in_channels, 6, 6)
+    assert torch.allclose(torch.nn.functional.conv2d(y, first_group.weight[: y.shape[1]], padding=1), y)
+    assert first_group.weight[y.shape[1] :].abs().sum() > 0  # the other filters keep their random init
+
+
 def test_adapt_first_conv_sums_rgb_filters_for_grayscale():
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU())
     rgb_weight = net[0].weight.detach().clone()
