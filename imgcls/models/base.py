@@ -38,9 +38,7 @@ class ModelMeta:
     mean: tuple[float, ...] = (0.5,)
     std: tuple[float, ...] = (0.5,)
     drop_rate: float = 0.0
-    tta: str = (
-        "off"  # eval-mode forward averages the logits of views: "flip", "shift", "flip-shift" (TTA_MODES)
-    )
+    tta: str = "off"  # eval-mode forward: mean logits of test-time views (flip, shift, flip-shift)
     temperature: float = (
         1.0  # eval-mode logits are divided by it (temperature scaling, `imgcls eval --calibrate`)
     )
@@ -201,7 +199,7 @@ class Classifier(nn.Module):
 @torch.no_grad()
 def dirac_init(module: nn.Module) -> None:
     """Each convolution's first `in_channels` filters pass their input through unchanged (airbench's
-    identity init): a deep net starts close to a shallow one and learns faster in its first epochs."""
+    identity init: a deep net starts close to a shallow one). It did not pay on Fashion-MNIST (README)."""
     for conv in module.modules():
         if isinstance(conv, nn.Conv2d) and conv.groups == 1 and conv.out_channels >= conv.in_channels:
             nn.init.dirac_(conv.weight[: conv.in_channels])
