@@ -45,6 +45,9 @@ def run(
     pid, fd = pty.fork()
     if pid == 0:  # the child: the pty is its controlling terminal
         try:
+            # As a shell starts a foreground command: Ctrl-C at its default. An ignored SIGINT survives exec,
+            # and the test process may have inherited one (the suite's runner): then Ctrl-C did nothing.
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
             if cwd:
                 os.chdir(cwd)
             os.execvpe(
