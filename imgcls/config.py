@@ -40,9 +40,8 @@ class DataConfig:
     channels: int | None = None  # None: 1 for all-grayscale data, else 3
     batch_size: int = 128
     eval_batch_size: int = 1024
-    augment: Literal["auto", "none", "flip", "crop", "crop-flip"] = (
-        "auto"  # auto: by run length; no flips for digits
-    )
+    # auto: by run length (none, flip, crop-flip; see planning.AUGMENT); no flips for digits
+    augment: Literal["auto", "none", "flip", "crop", "crop-flip"] = "auto"
     cutout: int = 0  # side (px) of a square zeroed at a random place in each training image; 0: off
     mixup: float = 0.0  # Beta(alpha, alpha) mixing of image pairs and their labels; 0: off
     cutmix: float = 0.0  # like mixup, pasting a box of one image into another; with mixup: either, 50/50
