@@ -100,7 +100,8 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    name: Literal["auto", "sgd", "adamw"] = "auto"  # auto: sgd from scratch, adamw when fine-tuning
+    # auto: sgd from scratch, adamw when fine-tuning; muon: Muon for the conv filters, sgd for the rest
+    name: Literal["auto", "sgd", "adamw", "muon"] = "auto"
     # None: the recipe's (sgd from scratch 0.1, or the model's own, e.g. tutorial-cnn 0.05; sgd fine-tuning
     # 0.01; adamw 3e-3); auto: an LR range test picks it
     lr: float | Literal["auto"] | None = None
@@ -112,6 +113,8 @@ class OptimConfig:
     warmup_epochs: float = 1.0  # linear warm-up (cosine/step/constant); onecycle sets its own
     step_epochs: int = 30  # step schedule: multiply the lr by step_gamma every step_epochs
     step_gamma: float = 0.1
+    muon_lr: float = 0.06  # optim.name=muon: the conv filters' lr (each bank's norm is held at sqrt(out))
+    muon_momentum: float = 0.6  # airbench's; 0.9 lost 0.35 points
     bias_lr_scale: float = 1.0  # from scratch: biases and normalization parameters train at this x lr
 
     def validate(self) -> None:
@@ -120,6 +123,8 @@ class OptimConfig:
         _check(self.weight_decay is None or self.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
         _check(0 < self.backbone_lr_ratio <= 1, "optim.backbone_lr_ratio", "must be in (0, 1]")
         _check(0 <= self.momentum < 1, "optim.momentum", "must be in [0, 1)")
+        _check(self.muon_lr > 0, "optim.muon_lr", "must be > 0")
+        _check(0 <= self.muon_momentum < 1, "optim.muon_momentum", "must be in [0, 1)")
         _check(self.warmup_epochs >= 0, "optim.warmup_epochs", "must be >= 0")
         _check(self.step_epochs >= 1, "optim.step_epochs", "must be >= 1")
 

@@ -45,6 +45,8 @@ def test_override_strings_are_typed():
         ({"data.val_split": 1.5}, "data.val_split must be in"),
         ({"log.tensorboard": "maybe"}, "log.tensorboard must be bool"),
         ({"train.device": "tpu"}, "train.device must be"),
+        ({"optim.muon_lr": 0}, "optim.muon_lr must be > 0"),
+        ({"optim.muon_momentum": 1}, r"optim.muon_momentum must be in \[0, 1\)"),
     ],
 )
 def test_bad_values_fail_with_a_clear_message(overrides, message):

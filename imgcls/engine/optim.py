@@ -12,13 +12,15 @@ from collections.abc import Callable
 
 import torch
 
-from imgcls.config import OptimConfig
+from imgcls.config import ConfigError, OptimConfig
+from imgcls.engine.muon import Muon
 from imgcls.models import Classifier
 from imgcls.models.transfer import discriminative_param_groups
 
 
 def build_optimizer(model: Classifier, cfg: OptimConfig, finetune: bool = False) -> torch.optim.Optimizer:
-    """SGD or AdamW over the model's groups; fine-tuning gives each layer group its own lr (see transfer.py).
+    """SGD, AdamW or Muon over the model's groups; fine-tuning gives each layer group its own lr (see
+    transfer.py).
 
     `auto`/unset name, lr and weight decay take the recipe's defaults (see `resolve_optim`).
     """
@@ -30,11 +32,33 @@ def build_optimizer(model: Classifier, cfg: OptimConfig, finetune: bool = False)
     else:
         groups = model.param_groups(cfg.weight_decay)
         groups[1]["lr"] = cfg.lr * cfg.bias_lr_scale  # the no-decay group: biases and normalization
-    if cfg.name == "sgd":
-        return torch.optim.SGD(
-            groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0, foreach=True
-        )
+    return OPTIMIZERS[cfg.name](groups, cfg)
+
+
+def _sgd(groups: list[dict], cfg: OptimConfig) -> torch.optim.Optimizer:
+    nesterov = cfg.nesterov and cfg.momentum > 0
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=nesterov, foreach=True)
+
+
+def _adamw(groups: list[dict], cfg: OptimConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=cfg.lr, foreach=True)
+
+
+def _muon(groups: list[dict], cfg: OptimConfig) -> torch.optim.Optimizer:
+    """Nesterov SGD for the weights and the no-decay group, as `_sgd`; the conv filters (>= 3-D) move
+    to a Muon group of their own, last, so the first group's lr is still the one `optim.lr` sets."""
+    decay, no_decay = groups
+    filters = [p for p in decay["params"] if p.ndim >= 3]
+    decay = {**decay, "params": [p for p in decay["params"] if p.ndim < 3]}
+    muon = {"params": filters, "lr": cfg.muon_lr, "momentum": cfg.muon_momentum, "muon": True}
+    return Muon([decay, no_decay, muon], lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+
+
+OPTIMIZERS: dict[str, Callable[[list[dict], OptimConfig], torch.optim.Optimizer]] = {
+    "sgd": _sgd,
+    "adamw": _adamw,
+    "muon": _muon,
+}
 
 
 def resolve_optim(cfg: OptimConfig, finetune: bool, scratch_lr: float | None = None) -> OptimConfig:
@@ -43,6 +67,11 @@ def resolve_optim(cfg: OptimConfig, finetune: bool, scratch_lr: float | None = N
     (or the model's own `scratch_lr`) with weight decay 5e-4. AdamW at 1e-3 left the new head
     under-trained in bench/finetune_demo.py."""
     name = cfg.name if cfg.name != "auto" else ("adamw" if finetune else "sgd")
+    if name == "muon" and finetune:
+        raise ConfigError(
+            "optim.name=muon trains from scratch only (it resets each filter bank's norm, which pretrained "
+            "weights carry): use sgd or adamw to fine-tune"
+        )
     sgd_lr = 0.01 if finetune else (scratch_lr or 0.1)
     lr = cfg.lr if cfg.lr is not None else (3e-3 if name == "adamw" else sgd_lr)
     weight_decay = cfg.weight_decay if cfg.weight_decay is not None else (0.01 if name == "adamw" else 5e-4)

@@ -29,13 +29,13 @@ def test_bad_durations(bad):
 
 def test_a_budgeted_run_ends_within_its_budget(tmp_path: Path):
     result = imgcls.train(
-        data="digits", time="8s", out=tmp_path / "r", overrides={"log.progress": False, "train.amp": "off"}
-    )
+        data="digits", time="10s", out=tmp_path / "r", overrides={"log.progress": False, "train.amp": "off"}
+    )  # set-up takes ~2 s idle, over 5.5 s when the other test worker keeps both cores busy: 10 s leaves room
     # Judged on the run's own clock (no wall-clock bound on a shared machine): training took what the
     # budget left after set-up, and the schedule ran its course in that time.
     # How far it gets in that time is the machine's business (bench/ measures it), so no accuracy bound.
     trained = read_state(result.run_dir / "state.pt")["train_seconds"]
-    assert 0 < trained <= 8
+    assert 0 < trained <= 10
     assert result.history[-1]["lr"] < 0.01 * 0.1  # the schedule annealed to (near) zero on time
     assert result.test["num_samples"] == 359
     # A budgeted run with a test split validates nothing: the images it would carve for that train too.

@@ -37,7 +37,9 @@ class StopAfter:
 
 
 def test_resume_equals_an_uninterrupted_run_bitwise(tmp_path: Path):
+    # Every piece of state at once: dropout, EMA, augmentation and mixup draws, Muon's momentum buffers.
     over = {**FAST, "model.drop_rate": 0.2, "train.ema_decay": 0.9, "data.augment": "crop", "data.mixup": 0.2}
+    over |= {"optim.name": "muon"}
     args = {"data": "digits", "model": "smallnet", "epochs": 3, "overrides": over}
     straight = imgcls.train(out=tmp_path / "a", **args)
     imgcls.train(out=tmp_path / "b", callbacks=[StopAfter(1)], **args)  # "crashes" after epoch 1
@@ -48,7 +50,7 @@ def test_resume_equals_an_uninterrupted_run_bitwise(tmp_path: Path):
     for part in ("model", "ema"):
         for key, tensor in a[part].items():
             assert torch.equal(tensor, b[part][key]), f"{part}.{key}"
-    assert straight.test["accuracy"] == resumed.test["accuracy"]
+    assert straight.test["accuracy"] == resumed.test["accuracy"] > 0.8  # and Muon learns the digits
     assert [r["train_loss"] for r in straight.history] == [r["train_loss"] for r in resumed.history]
 
 
