@@ -1,6 +1,6 @@
 """Which speed-run techniques pay on Fashion-MNIST on this machine: each on/off against today's recipe.
 
-    python -m bench.speed_ablation               # 20 s, the default run, 60 s and 5 min, 3 seeds: ~100 minutes
+    python -m bench.speed_ablation             # 20 s, the default run, 60 s and 5 min, 3 seeds: ~100 min
     python -m bench.speed_ablation --budgets default --seeds 0
 
 Every row is `imgcls train` as a user runs it (a fresh process; whole-command wall time; accuracy on the

@@ -1,11 +1,12 @@
 """Muon for convolution filters, as airbench94 uses it (Keller Jordan, 2024).
 
 Each filter bank, seen as an (out, in*k*k) matrix, takes a (nesterov) momentum step whose direction is
-orthogonalized by five Newton-Schulz iterations (torch.optim.Muon's quintic coefficients), and keeps its norm at
-sqrt(out): BatchNorm follows every conv, so only the direction matters, and the fixed norm holds the effective
-step constant. `torch.optim.Muon` takes 2-D parameters only, and conv weights (channels_last here) are not
-views of a matrix, hence this small optimizer. The other groups (head, biases, BatchNorm) take torch's own
-SGD with weight decay, so one optimizer serves the whole model and one lr schedule scales both.
+orthogonalized by five Newton-Schulz iterations (torch.optim.Muon's quintic coefficients), and keeps its
+norm at sqrt(out): BatchNorm follows every conv, so only the direction matters, and the fixed norm holds
+the effective step constant. `torch.optim.Muon` takes 2-D parameters only, and conv weights (channels_last
+here) are not views of a matrix, hence this small optimizer. The other groups (head, biases, BatchNorm)
+take torch's own SGD with weight decay, so one optimizer serves the whole model and one lr schedule
+scales both.
 """
 
 from __future__ import annotations
